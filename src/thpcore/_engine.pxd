@@ -1,0 +1,157 @@
+# cython: language_level=3
+"""The engine's contract: constants, the frame table and the zone's buddy allocator.
+
+Everything here is data-plane state. Policy (which allocation to try, when to give up, what a
+scenario means) lives in the Python kernel-model modules; they call into the engine with
+arguments they have already validated, and the engine trusts them (bounds checks are off in
+the release build; THPCORE_DEBUG=1 builds turn them on).
+"""
+
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+# ---------------------------------------------------------------------------------------------
+# Page-allocator geometry (x86-64, 4 KiB pages).
+cdef enum:
+    MAX_PAGE_ORDER = 10             # largest buddy order (inclusive), 4 MiB
+    NR_PAGE_ORDERS = 11
+    PAGEBLOCK_ORDER = 9             # min(HPAGE_PMD_ORDER, MAX_PAGE_ORDER)
+    PAGEBLOCK_NR_PAGES = 512
+
+# Migratetypes, numbered as in include/linux/mmzone.h for a kernel without CONFIG_CMA
+# (this is the order /proc/pagetypeinfo prints them in).
+cdef enum:
+    MIGRATE_UNMOVABLE = 0
+    MIGRATE_MOVABLE = 1
+    MIGRATE_RECLAIMABLE = 2
+    MIGRATE_PCPTYPES = 3            # the types with per-cpu lists and fallbacks
+    MIGRATE_HIGHATOMIC = 3          # == MIGRATE_PCPTYPES, as in the kernel
+    MIGRATE_ISOLATE = 4
+    MIGRATE_TYPES = 5
+
+# Frame flags (Zone.flags). One byte per frame.
+cdef enum:
+    PG_buddy = 0x01         # head of a free buddy block; order[pfn] is its order; on exactly one free list
+    PG_head = 0x02          # head of an allocated block of order[pfn] pages (order 0 included)
+    PG_tail = 0x04          # allocated, inside a block whose head is below it (not the head itself)
+    PG_lru = 0x08           # user page on an LRU list: movable and migratable (set on every frame of the block)
+    PG_movable_ops = 0x10   # kernel page with movable_ops (zsmalloc, balloon): migratable, not LRU
+    PG_kernel = 0x20        # allocated by the kernel (kernel_alloc): freed only by kernel_free
+    PG_validating = 0x80    # transient mark while free_bulk validates; never set between calls
+
+# alloc_flags, the subset of mm/internal.h that the zone model acts on.
+cdef enum:
+    ALLOC_WMARK_MIN = 0
+    ALLOC_WMARK_LOW = 1
+    ALLOC_WMARK_HIGH = 2
+    ALLOC_NO_WATERMARKS = 4
+    ALLOC_WMARK_MASK = 7
+    ALLOC_NOFRAGMENT = 0x100        # do not fall back below pageblock order (first pass, 6.x)
+    ALLOC_KSWAPD = 0x800            # the gfp may wake kswapd (used for watermark-boost bookkeeping)
+
+# Watermark indices.
+cdef enum:
+    WMARK_MIN = 0
+    WMARK_LOW = 1
+    WMARK_HIGH = 2
+    NR_WMARK = 3
+
+# Free-list link value meaning "no frame".
+cdef enum:
+    PFN_NONE = 0xFFFFFFFF
+
+# Results of Zone.check_invariants (0 is "all invariants hold").
+cdef enum:
+    CHECK_OK = 0
+    CHECK_FREE_BLOCK_MISALIGNED = 1
+    CHECK_FREE_BLOCK_OVERLAP = 2
+    CHECK_FREE_LIST_CORRUPT = 3
+    CHECK_FREE_COUNT_MISMATCH = 4
+    CHECK_UNMERGED_BUDDIES = 5
+    CHECK_FREE_LIST_WRONG_TYPE = 6
+    CHECK_ALLOCATED_BLOCK_CORRUPT = 7
+    CHECK_FRAME_UNACCOUNTED = 8
+    CHECK_PAGEBLOCK_COUNT_MISMATCH = 9
+    CHECK_BAD_MIGRATETYPE = 10
+
+
+cdef class Zone:
+    """One memory zone (ZONE_NORMAL of node 0): its frame table and buddy free lists.
+
+    Frames are numbered 0 .. nr_pages-1 (pfn). Invariants (Zone.check_invariants proves them):
+      * every frame is in exactly one block: a free block (head has PG_buddy) or an allocated
+        block (head has PG_head, the other frames PG_tail); blocks are naturally aligned to
+        their order;
+      * a free block sits on exactly one list, free_head[mt][order], and mt is the migratetype
+        of its (first) pageblock; counts nr_free / area_nr_free / nr_free_pages agree with the
+        lists;
+      * no free block has a free buddy of the same order that it could merge with (same
+        migratetype class, see __free_one_page);
+      * nr_pageblocks_of[mt] counts pageblock_mt entries equal to mt.
+    """
+    # --- geometry ---------------------------------------------------------------------------
+    cdef readonly int64_t nr_pages          # managed == present == spanned; multiple of PAGEBLOCK_NR_PAGES
+    cdef readonly int64_t nr_pageblocks     # nr_pages / PAGEBLOCK_NR_PAGES
+
+    # --- frame table: struct of arrays, one entry per 4 KiB frame (12 bytes a frame) ---------
+    cdef uint8_t[::1] flags         # PG_* bits
+    cdef uint8_t[::1] order         # block order at heads (PG_buddy or PG_head); 0 elsewhere
+    cdef uint16_t[::1] memcg        # memcg id charged for an allocated user frame; 0 = root/none
+    cdef int32_t[::1] mapcount      # allocated frames: number of page-table mappings (>= 0).
+                                    # free heads: the previous block on the free list (as uint32, via prev)
+    cdef uint32_t[::1] content      # allocated frames: the content word (0 = all zeroes).
+                                    # free heads: the next block on the free list (PFN_NONE ends it)
+    cdef uint32_t[::1] prev         # the same memory as mapcount, read as the list's back link
+
+    # --- pageblocks --------------------------------------------------------------------------
+    cdef uint8_t[::1] pageblock_mt  # migratetype of each pageblock (MIGRATE_*)
+
+    # --- free lists (the zone's free_area) ---------------------------------------------------
+    cdef uint32_t free_head[MIGRATE_TYPES][NR_PAGE_ORDERS]   # first block, PFN_NONE if empty
+    cdef uint32_t free_tail[MIGRATE_TYPES][NR_PAGE_ORDERS]   # last block, PFN_NONE if empty
+    cdef int64_t nr_free[MIGRATE_TYPES][NR_PAGE_ORDERS]      # blocks on each list
+    cdef int64_t area_nr_free[NR_PAGE_ORDERS]                # blocks of each order, all types
+    cdef readonly int64_t nr_free_pages                      # free frames, all types (NR_FREE_PAGES)
+    cdef int64_t nr_pageblocks_of[MIGRATE_TYPES]             # pageblocks of each migratetype
+
+    # --- watermarks --------------------------------------------------------------------------
+    cdef int64_t watermark[NR_WMARK]        # _watermark[], in pages
+    cdef readonly int64_t watermark_boost   # pages added to every watermark after a fallback
+    cdef public int64_t watermark_boost_factor      # vm.watermark_boost_factor (default 15000)
+    cdef readonly int64_t nr_reserved_highatomic    # pages in highatomic pageblocks (0: not reserved here)
+
+    # --- event counters (vmstat) -------------------------------------------------------------
+    cdef readonly int64_t pgalloc           # pgalloc_normal: pages allocated
+    cdef readonly int64_t pgfree            # pgfree: pages freed
+    cdef readonly int64_t alloc_fallbacks   # mm_page_alloc_extfrag events: allocations from another type
+    cdef readonly int64_t pageblocks_claimed  # pageblocks whose migratetype an allocation claimed
+
+    # --- diagnostics -------------------------------------------------------------------------
+    cdef readonly int64_t check_pfn         # frame where check_invariants found a violation, else -1
+
+    # --- nogil kernels -----------------------------------------------------------------------
+    cdef void add_to_free_list(self, uint32_t pfn, int order, int mt, bint tail) noexcept nogil
+    cdef void del_from_free_list(self, uint32_t pfn, int order, int mt) noexcept nogil
+    cdef void move_to_free_list(self, uint32_t pfn, int order, int old_mt, int new_mt) noexcept nogil
+    cdef int64_t expand(self, uint32_t pfn, int low, int high, int mt) noexcept nogil
+    cdef bint page_is_buddy(self, int64_t pfn, int order) noexcept nogil
+    cdef void set_pageblock_migratetype(self, int64_t pfn, int mt) noexcept nogil
+    cdef int64_t rmqueue_smallest(self, int order, int mt) noexcept nogil
+    cdef int64_t try_to_claim_block(self, uint32_t pfn, int current_order, int order,
+                                    int start_type, int block_type, int alloc_flags) noexcept nogil
+    cdef int64_t rmqueue_claim(self, int order, int start_mt, int alloc_flags) noexcept nogil
+    cdef int64_t rmqueue_steal(self, int order, int start_mt) noexcept nogil
+    cdef int64_t rmqueue(self, int order, int mt, int alloc_flags) noexcept nogil
+    cdef bint zone_watermark_ok(self, int order, int64_t mark) noexcept nogil
+    cdef int64_t get_page_from_freelist(self, int order, int mt, int alloc_flags) noexcept nogil
+    cdef void prep_new_page(self, uint32_t pfn, int order, uint8_t page_flags) noexcept nogil
+    cdef void free_one_page(self, uint32_t pfn, int order, int mt, bint fpi_to_tail) noexcept nogil
+    cdef void free_pages(self, uint32_t pfn, int order) noexcept nogil
+    cdef void free_boot_memory(self) noexcept nogil
+    cdef void split_large_buddy(self, uint32_t pfn, int order, bint fpi_to_tail) noexcept nogil
+    cdef int find_suitable_fallback(self, int order, int mt, bint claimable) noexcept nogil
+    cdef bint should_try_claim_block(self, int order, int start_mt) noexcept nogil
+    cdef bint boost_watermark(self) noexcept nogil
+    cdef int64_t alloc_one(self, int order, int mt, int alloc_flags, uint8_t page_flags) noexcept nogil
+    cdef int check_invariants(self) noexcept nogil
+    cdef int _check_order_mt(self, int order, int mt) except -1
+    cdef int _check_freeable(self, int64_t pfn, int order, int required_flags) except -1

@@ -1,0 +1,55 @@
+"""The `thpcore` command."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .scenario import format_table, load_scenario, run_scenario
+
+SHOWN = ["pattern", "unmovable_MiB", "free_MiB", "free_2M_blocks", "pageblocks_unmovable",
+         "pageblocks_polluted", "fallbacks", "extfrag_index_9"]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.scenario)
+    t0 = time.perf_counter()
+    rows = run_scenario(scenario)
+    wall = time.perf_counter() - t0
+    mem = scenario.machine.get("memory", "4G")
+    print(f"scenario {scenario.name}: {mem} machine, seed {scenario.machine.get('seed', 0)}, "
+          f"{len(rows)} variant(s), {wall:.2f} s wall")
+    print(format_table(rows, SHOWN), end="")
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "results.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"results written to {out / 'results.csv'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="thpcore", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"thpcore {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a scenario (the embedded default when none is given)")
+    run.add_argument("scenario", nargs="?", help="scenario TOML file")
+    run.add_argument("-o", "--output", help="directory for results.csv")
+    run.set_defaults(func=cmd_run)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as exc:
+        print(f"thpcore: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
