@@ -9,6 +9,7 @@ page lists (as after drain_all_pages()), no CMA and no memory hotplug.
 import numpy as np
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memset
 
 DEBUG = THPCORE_DEBUG   # compile-time: True in the bounds-checked debug build
 
@@ -367,18 +368,23 @@ cdef class Zone:
             return -1
 
     cdef void prep_new_page(self, uint32_t pfn, int order, uint8_t page_flags) noexcept nogil:
-        cdef int64_t i, n = <int64_t>1 << order
+        cdef int64_t n = <int64_t>1 << order
+        if order == 0:
+            self.flags[pfn] = PG_head | page_flags
+            self.order[pfn] = 0
+            self.content[pfn] = 0
+            self.mapcount[pfn] = 0
+            self.memcg[pfn] = 0
+            self.pgalloc += 1
+            return
+        # Contiguous runs: memset beats element loops for THP-sized blocks.
+        memset(&self.flags[pfn], PG_tail | page_flags, n)
         self.flags[pfn] = PG_head | page_flags
+        memset(&self.order[pfn], 0, n)
         self.order[pfn] = order
-        self.content[pfn] = 0
-        self.mapcount[pfn] = 0
-        self.memcg[pfn] = 0
-        for i in range(1, n):
-            self.flags[pfn + i] = PG_tail | page_flags
-            self.order[pfn + i] = 0
-            self.content[pfn + i] = 0
-            self.mapcount[pfn + i] = 0
-            self.memcg[pfn + i] = 0
+        memset(&self.content[pfn], 0, n * sizeof(uint32_t))
+        memset(&self.mapcount[pfn], 0, n * sizeof(int32_t))
+        memset(&self.memcg[pfn], 0, n * sizeof(uint16_t))
         self.pgalloc += n
 
     cdef int64_t alloc_one(self, int order, int mt, int alloc_flags, uint8_t page_flags) noexcept nogil:
@@ -431,9 +437,11 @@ cdef class Zone:
             p += <int64_t>1 << order
 
     cdef void free_pages(self, uint32_t pfn, int order) noexcept nogil:
-        cdef int64_t i, n = <int64_t>1 << order
-        for i in range(n):
-            self.flags[pfn + i] = 0
+        cdef int64_t n = <int64_t>1 << order
+        if order == 0:
+            self.flags[pfn] = 0
+        else:
+            memset(&self.flags[pfn], 0, n)
         self.pgfree += n
         self.split_large_buddy(pfn, order, False)
 

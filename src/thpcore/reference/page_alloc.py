@@ -606,7 +606,8 @@ class ReferenceZone:
             for mt in range(MIGRATE_PCPTYPES):
                 if not self._free_area_empty(o, mt):
                     return True
-            if (alloc_flags & (ALLOC_HIGHATOMIC | ALLOC_OOM)) and not self._free_area_empty(o, MIGRATE_HIGHATOMIC):
+            if (alloc_flags & (ALLOC_HIGHATOMIC | ALLOC_OOM)) and \
+                    not self._free_area_empty(o, MIGRATE_HIGHATOMIC):
                 return True
         return False
 
