@@ -36,6 +36,7 @@ cdef enum:
     PG_lru = 0x08           # user page on an LRU list: movable and migratable (set on every frame of the block)
     PG_movable_ops = 0x10   # kernel page with movable_ops (zsmalloc, balloon): migratable, not LRU
     PG_kernel = 0x20        # allocated by the kernel (kernel_alloc): freed only by kernel_free
+    PG_pgtable = 0x40       # a page-table page (with PG_kernel): backs one PTE table
     PG_validating = 0x80    # transient mark while free_bulk validates; never set between calls
 
 # alloc_flags, the subset of mm/internal.h that the zone model acts on.
@@ -155,3 +156,109 @@ cdef class Zone:
     cdef int check_invariants(self) noexcept nogil
     cdef int _check_order_mt(self, int order, int mt) except -1
     cdef int _check_freeable(self, int64_t pfn, int order, int required_flags) except -1
+
+
+# ---------------------------------------------------------------------------------------------
+# Page tables.
+#
+# A PTE is a uint32:
+#   0                                  none
+#   bit0=1: present page               bit1 young, bit2 dirty, bit3 write, bits 4..31 pfn
+#   bit0=0, bits1..3 == PTE_KIND_SWAP  bits 4..31 swap slot
+#   bit0=0, bits1..3 == PTE_KIND_ZERO  the shared zero page (read-only, not in RSS)
+# 28 bits of pfn and of slot bound a machine and its swap device at 1 TiB each.
+#
+# A PMD entry is a uint64 (one array of 512 per GiB of address space, owned by the mm):
+#   0                                  none
+#   bits0..1 == PMD_KIND_TABLE         bits 32..62: PTE table id
+#   bits0..1 == PMD_KIND_HUGE          bit2 young, bit3 dirty, bit4 write, bits 5..31: head pfn >> 9,
+#                                      bits 32..62: id of the deposited page table
+#   bits0..1 == PMD_KIND_HUGE_ZERO     bits 32..62: id of the deposited page table
+cdef enum:
+    PTE_PRESENT = 0x1
+    PTE_YOUNG = 0x2
+    PTE_DIRTY = 0x4
+    PTE_WRITE = 0x8
+    PTE_PFN_SHIFT = 4
+    PTE_KIND_SWAP = 0x2             # (pte & 0xF) for a swap entry
+    PTE_KIND_ZERO = 0x4             # (pte & 0xF) for the zero page
+    PTRS_PER_PTE = 512
+
+cdef enum:
+    PMD_KIND_MASK = 0x3
+    PMD_KIND_TABLE = 0x1
+    PMD_KIND_HUGE = 0x2
+    PMD_KIND_HUGE_ZERO = 0x3
+    PMD_YOUNG = 0x4
+    PMD_DIRTY = 0x8
+    PMD_WRITE = 0x10
+    PMD_PFN_SHIFT = 5               # stores pfn >> 9 from here
+    PMD_TABLE_SHIFT = 32
+
+# Ways a write fault fills pages (fault_pte_range's value_mode).
+cdef enum:
+    VALUE_CONSTANT = 0              # every page gets `value`
+    VALUE_GENERATED = 1             # page at vpn v gets mix(v, value) (never 0)
+
+# Results of PageTables kernels.
+cdef enum:
+    FAULT_OK = 0
+    FAULT_OOM = -1                  # an order-0 allocation failed part way
+
+
+cdef struct FaultStats:
+    int64_t anon_allocated          # new anonymous pages mapped (RSS grows by this)
+    int64_t zero_mapped             # PTEs newly pointing at the zero page
+    int64_t cow_copied              # shared pages copied on write
+    int64_t reused                  # read-only exclusive pages made writable in place
+    int64_t swapped_in              # pages read back from swap
+    int64_t pages_freed             # frames returned to the buddy allocator
+    int64_t swap_freed              # swap slots released
+    int64_t rss_removed             # present pages unmapped (RSS shrinks by this)
+    int64_t thp_partially_unmapped  # THPs left partly mapped (deferred split candidates)
+    int64_t swap_ptes_zapped        # swap PTEs cleared by a zap (MM_SWAPENTS shrinks by this)
+    int64_t swapped_out             # pages written to swap (pswpout)
+
+
+cdef class PageTables:
+    """The machine's pool of PTE tables (shared by every mm), and the swap device.
+
+    Invariants (PageTables.check_against proves them with the mms' PMD directories):
+      * table ids in use are exactly those referenced by one PMD entry (as a table or as the
+        deposit of a huge PMD); each has its own page-table frame (PG_kernel|PG_pgtable);
+      * the mapcount of every user frame equals the number of present PTEs and huge PMDs that
+        map it; a user frame with mapcount 0 is part of a THP that is still partly mapped;
+      * swap_map[slot] equals the number of swap PTEs that point at the slot.
+    """
+    cdef Zone zone
+    cdef readonly int64_t capacity          # tables the pool can hold without growing
+    cdef readonly int64_t nr_tables         # tables in use (NR_PAGETABLE)
+    cdef uint32_t[::1] ptes                 # capacity * 512 PTEs
+    cdef uint32_t[::1] table_pfn            # frame backing each table id (PFN_NONE when unused)
+    cdef uint32_t[::1] free_ids             # stack of unused ids below capacity
+    cdef int64_t nr_free_ids
+    # swap device
+    cdef readonly int64_t swap_slots        # size of the swap device in pages
+    cdef readonly int64_t swap_used         # slots in use
+    cdef int64_t swap_cursor                # next slot to try (scan_swap_map-like cursor)
+    cdef uint8_t[::1] swap_map              # references to each slot (0 = free)
+    cdef uint32_t[::1] swap_content         # the content word stored in each slot
+    cdef uint32_t[::1] swap_cache           # pfn of the page still caching the slot, or PFN_NONE
+    cdef uint32_t partial_head_pfns[512]        # THPs the last zap left partly mapped
+    cdef int nr_partial_heads
+    cdef FaultStats stats                   # results of the last kernel call
+
+    cdef int64_t table_alloc(self) noexcept nogil
+    cdef void table_free(self, int64_t tid) noexcept nogil
+    cdef int64_t alloc_user_page(self, uint32_t content, uint16_t memcg) noexcept nogil
+    cdef void put_user_frame(self, uint32_t pfn) noexcept nogil
+    cdef void note_folio_unmapped(self, uint32_t pfn) noexcept nogil
+    cdef int fault_pte_range(self, int64_t tid, int i0, int i1, bint write, bint vma_write,
+                             int64_t vpn0, int value_mode, uint32_t value, uint32_t* out,
+                             uint16_t memcg) noexcept nogil
+    cdef void zap_pte_range(self, int64_t tid, int i0, int i1) noexcept nogil
+    cdef int64_t swap_alloc_slot(self) noexcept nogil
+    cdef int64_t swap_alloc_cluster(self) noexcept nogil
+    cdef void pageout_pte_range(self, int64_t tid, int i0, int i1) noexcept nogil
+    cdef int _check_tid(self, int64_t tid) except -1
+    cdef int _check_thp(self, int64_t head, int i0, int i1) except -1

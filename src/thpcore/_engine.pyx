@@ -701,3 +701,538 @@ cdef class Zone:
     def nbytes(self):
         """Bytes of RAM held by the frame table and pageblock array."""
         return (self.nr_pages * (1 + 1 + 2 + 4 + 4)) + self.nr_pageblocks
+
+
+# ================================================================================================
+# Page tables, faults and the swap device (mm/memory.c, mm/swapfile.c)
+
+cdef inline uint32_t mix_content(int64_t vpn, uint32_t seed) noexcept nogil:
+    """A non-zero content word for page vpn of a write generation (splitmix64 finaliser)."""
+    cdef uint64_t x = <uint64_t>vpn * <uint64_t>0x9E3779B97F4A7C15 + seed
+    x ^= x >> 30
+    x *= <uint64_t>0xBF58476D1CE4E5B9
+    x ^= x >> 27
+    cdef uint32_t r = <uint32_t>(x ^ (x >> 32))
+    return r if r else 1
+
+
+cdef inline uint32_t page_value(int value_mode, uint32_t value, int64_t vpn) noexcept nogil:
+    return value if value_mode == VALUE_CONSTANT else mix_content(vpn, value)
+
+
+PY_PG_PGTABLE = PG_pgtable
+PY_PMD_KIND_TABLE = PMD_KIND_TABLE
+PY_PMD_KIND_HUGE = PMD_KIND_HUGE
+PY_PMD_KIND_HUGE_ZERO = PMD_KIND_HUGE_ZERO
+PY_PTE_PRESENT = PTE_PRESENT
+PY_PTE_YOUNG = PTE_YOUNG
+PY_PTE_DIRTY = PTE_DIRTY
+PY_PTE_WRITE = PTE_WRITE
+PY_PTE_KIND_SWAP = PTE_KIND_SWAP
+PY_PTE_KIND_ZERO = PTE_KIND_ZERO
+PY_VALUE_CONSTANT = VALUE_CONSTANT
+PY_VALUE_GENERATED = VALUE_GENERATED
+
+
+cdef class PageTables:
+
+    def __cinit__(self, Zone zone, int64_t swap_slots):
+        if swap_slots < 0 or swap_slots >= (1 << 28):
+            raise ValueError("swap device must hold fewer than 2**28 pages")
+        self.zone = zone
+        self.capacity = 0
+        self.nr_tables = 0
+        self.nr_free_ids = 0
+        self.ptes = np.zeros(0, dtype=np.uint32)
+        self.table_pfn = np.zeros(0, dtype=np.uint32)
+        self.free_ids = np.zeros(0, dtype=np.uint32)
+        self.swap_slots = swap_slots
+        self.swap_used = 0
+        self.swap_cursor = 0
+        self.swap_map = np.zeros(swap_slots, dtype=np.uint8)
+        self.swap_content = np.zeros(swap_slots, dtype=np.uint32)
+        self.swap_cache = np.full(swap_slots, 0xFFFFFFFF, dtype=np.uint32)
+        if swap_slots:
+            self.swap_map[0] = 0xFF         # slot 0 holds the swap header (SWAP_MAP_BAD)
+        self.nr_partial_heads = 0
+        self.reserve(64)
+
+    def reserve(self, int64_t n):
+        """Make sure n more tables can be taken without growing the pool (call before nogil work)."""
+        if n <= self.nr_free_ids:
+            return
+        cdef int64_t old = self.capacity, new = max(old * 2, old + n - self.nr_free_ids, 64)
+        cdef int64_t i
+        ptes = np.zeros(new * PTRS_PER_PTE, dtype=np.uint32)
+        ptes[:old * PTRS_PER_PTE] = np.asarray(self.ptes)
+        table_pfn = np.full(new, 0xFFFFFFFF, dtype=np.uint32)
+        table_pfn[:old] = np.asarray(self.table_pfn)
+        free_ids = np.zeros(new, dtype=np.uint32)
+        free_ids[:self.nr_free_ids] = np.asarray(self.free_ids)[:self.nr_free_ids]
+        self.ptes, self.table_pfn, self.free_ids = ptes, table_pfn, free_ids
+        for i in range(new - 1, old - 1, -1):       # lowest id on top of the stack
+            self.free_ids[self.nr_free_ids] = <uint32_t>i
+            self.nr_free_ids += 1
+        self.capacity = new
+
+    cdef int64_t table_alloc(self) noexcept nogil:
+        """pte_alloc(): a zeroed, unmovable page-table page; -1 if no id reserved or no memory."""
+        cdef int64_t pfn, tid
+        if self.nr_free_ids == 0:
+            return -1
+        pfn = self.zone.get_page_from_freelist(
+            0, MIGRATE_UNMOVABLE, ALLOC_WMARK_LOW | ALLOC_NOFRAGMENT | ALLOC_KSWAPD)
+        if pfn < 0:
+            pfn = self.zone.get_page_from_freelist(
+                0, MIGRATE_UNMOVABLE, ALLOC_WMARK_MIN | ALLOC_NOFRAGMENT | ALLOC_KSWAPD)
+        if pfn < 0:
+            return -1
+        self.zone.prep_new_page(<uint32_t>pfn, 0, PG_kernel | PG_pgtable)
+        self.nr_free_ids -= 1
+        tid = self.free_ids[self.nr_free_ids]
+        self.table_pfn[tid] = <uint32_t>pfn
+        memset(&self.ptes[tid * PTRS_PER_PTE], 0, PTRS_PER_PTE * sizeof(uint32_t))
+        self.nr_tables += 1
+        return tid
+
+    cdef void table_free(self, int64_t tid) noexcept nogil:
+        self.zone.free_pages(self.table_pfn[tid], 0)
+        self.table_pfn[tid] = PFN_NONE
+        self.free_ids[self.nr_free_ids] = <uint32_t>tid
+        self.nr_free_ids += 1
+        self.nr_tables -= 1
+
+    cdef int64_t alloc_user_page(self, uint32_t content, uint16_t memcg) noexcept nogil:
+        """An order-0 anonymous page (GFP_HIGHUSER_MOVABLE), mapped once, holding content."""
+        cdef int64_t pfn = self.zone.get_page_from_freelist(
+            0, MIGRATE_MOVABLE, ALLOC_WMARK_LOW | ALLOC_NOFRAGMENT | ALLOC_KSWAPD)
+        if pfn < 0:
+            pfn = self.zone.get_page_from_freelist(
+                0, MIGRATE_MOVABLE, ALLOC_WMARK_MIN | ALLOC_NOFRAGMENT | ALLOC_KSWAPD)
+        if pfn < 0:
+            return -1
+        self.zone.prep_new_page(<uint32_t>pfn, 0, PG_lru)
+        self.zone.content[pfn] = content
+        self.zone.mapcount[pfn] = 1
+        self.zone.memcg[pfn] = memcg
+        return pfn
+
+    cdef void note_folio_unmapped(self, uint32_t pfn) noexcept nogil:
+        """After a subpage of a THP lost its last mapping: free the folio if nothing of it is
+        mapped any more, else remember it as partially mapped (deferred split candidate)."""
+        cdef uint32_t head = pfn & ~(<uint32_t>PTRS_PER_PTE - 1)
+        cdef int64_t i
+        cdef int j
+        for i in range(PTRS_PER_PTE):
+            if self.zone.mapcount[head + i]:
+                for j in range(self.nr_partial_heads):
+                    if self.partial_head_pfns[j] == head:
+                        return
+                if self.nr_partial_heads < 512:
+                    self.partial_head_pfns[self.nr_partial_heads] = head
+                    self.nr_partial_heads += 1
+                return
+        for j in range(self.nr_partial_heads):
+            if self.partial_head_pfns[j] == head:
+                self.nr_partial_heads -= 1
+                self.partial_head_pfns[j] = self.partial_head_pfns[self.nr_partial_heads]
+                break
+        self.zone.free_pages(head, PAGEBLOCK_ORDER)
+        self.stats.pages_freed += PTRS_PER_PTE
+
+    cdef void put_user_frame(self, uint32_t pfn) noexcept nogil:
+        """Drop one mapping of a user frame; free what is no longer mapped."""
+        cdef uint8_t f
+        self.zone.mapcount[pfn] -= 1
+        if self.zone.mapcount[pfn]:
+            return
+        f = self.zone.flags[pfn]
+        if (f & PG_head) and self.zone.order[pfn] == 0:
+            # A page still caching a swap slot leaves the swap cache with it.
+            self.zone.free_pages(pfn, 0)
+            self.stats.pages_freed += 1
+        else:
+            self.note_folio_unmapped(pfn)
+
+    cdef int fault_pte_range(self, int64_t tid, int i0, int i1, bint write, bint vma_write,
+                             int64_t vpn0, int value_mode, uint32_t value, uint32_t* out,
+                             uint16_t memcg) noexcept nogil:
+        """handle_pte_fault() for PTEs i0..i1-1 of one table (the VMA already allows the access)."""
+        cdef int64_t base = tid * PTRS_PER_PTE, vpn, pfn, newpfn
+        cdef uint32_t pte, slot, word
+        cdef int i
+        for i in range(i0, i1):
+            pte = self.ptes[base + i]
+            vpn = vpn0 + (i - i0)
+            if pte & PTE_PRESENT:
+                pfn = pte >> PTE_PFN_SHIFT
+                if write:
+                    if not (pte & PTE_WRITE):
+                        if self.zone.mapcount[pfn] == 1:
+                            self.stats.reused += 1          # wp_page_reuse()
+                        else:                               # wp_page_copy()
+                            newpfn = self.alloc_user_page(self.zone.content[pfn], memcg)
+                            if newpfn < 0:
+                                return FAULT_OOM
+                            self.put_user_frame(<uint32_t>pfn)
+                            pfn = newpfn
+                            self.stats.cow_copied += 1
+                    self.zone.content[pfn] = page_value(value_mode, value, vpn)
+                    pte = (<uint32_t>pfn << PTE_PFN_SHIFT) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_WRITE
+                else:
+                    pte |= PTE_YOUNG
+                    if out != NULL:
+                        out[i - i0] = self.zone.content[pfn]
+            elif (pte & 0xF) == PTE_KIND_SWAP:
+                slot = pte >> PTE_PFN_SHIFT
+                pfn = self.swap_cache[slot]
+                if pfn != PFN_NONE:
+                    self.zone.mapcount[pfn] += 1            # still in the swap cache: map it
+                else:
+                    pfn = self.alloc_user_page(self.swap_content[slot], memcg)
+                    if pfn < 0:
+                        return FAULT_OOM
+                self.stats.swapped_in += 1
+                self.stats.anon_allocated += 1
+                self.swap_map[slot] -= 1
+                if self.swap_map[slot] == 0:
+                    self.swap_used -= 1
+                    self.swap_cache[slot] = PFN_NONE
+                    self.stats.swap_freed += 1
+                    # do_swap_page(): an exclusive page is mapped writable straight away.
+                    pte = (<uint32_t>pfn << PTE_PFN_SHIFT) | PTE_PRESENT | PTE_YOUNG
+                    if vma_write:
+                        pte |= PTE_WRITE
+                else:
+                    self.swap_cache[slot] = <uint32_t>pfn
+                    pte = (<uint32_t>pfn << PTE_PFN_SHIFT) | PTE_PRESENT | PTE_YOUNG
+                if write:
+                    if not (pte & PTE_WRITE):
+                        # Shared with other swap PTEs: copy before writing.
+                        newpfn = self.alloc_user_page(self.zone.content[pfn], memcg)
+                        if newpfn < 0:
+                            self.ptes[base + i] = pte
+                            return FAULT_OOM
+                        self.put_user_frame(<uint32_t>pfn)
+                        pfn = newpfn
+                        self.stats.cow_copied += 1
+                    self.zone.content[pfn] = page_value(value_mode, value, vpn)
+                    pte = (<uint32_t>pfn << PTE_PFN_SHIFT) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_WRITE
+                elif out != NULL:
+                    out[i - i0] = self.zone.content[pfn]
+            else:                                           # none or the zero page
+                if write:
+                    newpfn = self.alloc_user_page(page_value(value_mode, value, vpn), memcg)
+                    if newpfn < 0:
+                        return FAULT_OOM
+                    if pte != 0:
+                        self.stats.zero_mapped -= 1
+                    self.stats.anon_allocated += 1
+                    pte = (<uint32_t>newpfn << PTE_PFN_SHIFT) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_WRITE
+                else:
+                    if pte == 0:
+                        self.stats.zero_mapped += 1
+                    pte = PTE_KIND_ZERO
+                    if out != NULL:
+                        out[i - i0] = 0
+            self.ptes[base + i] = pte
+        return FAULT_OK
+
+    cdef void zap_pte_range(self, int64_t tid, int i0, int i1) noexcept nogil:
+        """zap_pte_range(): clear PTEs i0..i1-1, dropping pages and swap slots."""
+        cdef int64_t base = tid * PTRS_PER_PTE
+        cdef uint32_t pte, slot
+        cdef int i
+        for i in range(i0, i1):
+            pte = self.ptes[base + i]
+            if pte == 0:
+                continue
+            self.ptes[base + i] = 0
+            if pte & PTE_PRESENT:
+                self.stats.rss_removed += 1
+                self.put_user_frame(pte >> PTE_PFN_SHIFT)
+            elif (pte & 0xF) == PTE_KIND_SWAP:
+                slot = pte >> PTE_PFN_SHIFT
+                self.stats.swap_ptes_zapped += 1
+                self.swap_map[slot] -= 1
+                if self.swap_map[slot] == 0:
+                    self.swap_used -= 1
+                    self.swap_cache[slot] = PFN_NONE
+                    self.stats.swap_freed += 1
+            else:
+                self.stats.zero_mapped -= 1
+
+    cdef int64_t swap_alloc_slot(self) noexcept nogil:
+        """One free slot, searching on from the cursor (wrapping); -1 when the device is full."""
+        cdef int64_t n = self.swap_slots, k, slot
+        for k in range(n):
+            slot = (self.swap_cursor + k) % n
+            if self.swap_map[slot] == 0:
+                self.swap_cursor = slot + 1
+                return slot
+        return -1
+
+    cdef int64_t swap_alloc_cluster(self) noexcept nogil:
+        """A whole free, aligned cluster of 512 slots (a THP swaps out whole); -1 if none."""
+        cdef int64_t c = 0, i
+        cdef bint free
+        while c + PTRS_PER_PTE <= self.swap_slots:
+            free = True
+            for i in range(PTRS_PER_PTE):
+                if self.swap_map[c + i]:
+                    free = False
+                    break
+            if free:
+                return c
+            c += PTRS_PER_PTE
+        return -1
+
+    cdef void pageout_pte_range(self, int64_t tid, int i0, int i1) noexcept nogil:
+        """Reclaim the exclusive order-0 pages mapped by PTEs i0..i1-1 to swap."""
+        cdef int64_t base = tid * PTRS_PER_PTE, slot
+        cdef uint32_t pte, pfn
+        cdef int i
+        for i in range(i0, i1):
+            pte = self.ptes[base + i]
+            if not (pte & PTE_PRESENT):
+                continue
+            pfn = pte >> PTE_PFN_SHIFT
+            if self.zone.mapcount[pfn] != 1 or self.zone.order[pfn] != 0 \
+                    or not (self.zone.flags[pfn] & PG_head):
+                continue
+            slot = self.swap_alloc_slot()
+            if slot < 0:
+                return
+            self.swap_map[slot] = 1
+            self.swap_used += 1
+            self.swap_content[slot] = self.zone.content[pfn]
+            self.ptes[base + i] = (<uint32_t>slot << PTE_PFN_SHIFT) | PTE_KIND_SWAP
+            self.stats.swapped_out += 1
+            self.stats.rss_removed += 1
+            self.put_user_frame(pfn)
+
+    # ---- Python interface ----------------------------------------------------------------
+
+    cdef int _check_tid(self, int64_t tid) except -1:
+        if not 0 <= tid < self.capacity or self.table_pfn[tid] == PFN_NONE:
+            raise ValueError(f"table {tid} is not in use")
+        return 0
+
+    def reset_stats(self):
+        memset(&self.stats, 0, sizeof(FaultStats))
+        self.nr_partial_heads = 0
+
+    def get_stats(self):
+        return self.stats
+
+    def partial_heads(self):
+        return [self.partial_head_pfns[i] for i in range(self.nr_partial_heads)]
+
+    def new_table(self):
+        """A new zeroed PTE table id, or -1 when there is no memory for the page-table page."""
+        self.reserve(1)
+        cdef int64_t tid
+        with nogil:
+            tid = self.table_alloc()
+        return tid
+
+    def release_table(self, int64_t tid):
+        """Free a table whose PTEs are all none (zap them first)."""
+        self._check_tid(tid)
+        if np.asarray(self.ptes[tid * PTRS_PER_PTE:(tid + 1) * PTRS_PER_PTE]).any():
+            raise ValueError(f"table {tid} still maps pages")
+        self.table_free(tid)
+
+    def table(self, int64_t tid):
+        """A writable numpy view of the 512 PTEs of a table (for the kernel-model layer)."""
+        self._check_tid(tid)
+        return np.asarray(self.ptes[tid * PTRS_PER_PTE:(tid + 1) * PTRS_PER_PTE])
+
+    def table_frame(self, int64_t tid):
+        self._check_tid(tid)
+        return self.table_pfn[tid]
+
+    def fault(self, int64_t tid, int i0, int i1, bint write, bint vma_write, int64_t vpn0,
+              int value_mode, uint32_t value, out=None, int memcg=0):
+        """Fault PTEs i0..i1-1; fills `out` (uint32 array of i1-i0) with contents on reads.
+        Returns FAULT_OK (0) or FAULT_OOM (-1: an allocation failed, earlier pages stay)."""
+        self._check_tid(tid)
+        if not 0 <= i0 <= i1 <= PTRS_PER_PTE:
+            raise ValueError("PTE index range outside a table")
+        cdef uint32_t[::1] outv
+        cdef uint32_t* outp = NULL
+        if out is not None:
+            outv = out
+            if outv.shape[0] < i1 - i0:
+                raise ValueError("out is too short")
+            if i1 > i0:
+                outp = &outv[0]
+        cdef int rc
+        with nogil:
+            rc = self.fault_pte_range(tid, i0, i1, write, vma_write, vpn0, value_mode, value,
+                                      outp, <uint16_t>memcg)
+        return rc
+
+    def zap(self, int64_t tid, int i0, int i1):
+        self._check_tid(tid)
+        if not 0 <= i0 <= i1 <= PTRS_PER_PTE:
+            raise ValueError("PTE index range outside a table")
+        with nogil:
+            self.zap_pte_range(tid, i0, i1)
+
+    def pageout(self, int64_t tid, int i0, int i1):
+        self._check_tid(tid)
+        if not 0 <= i0 <= i1 <= PTRS_PER_PTE:
+            raise ValueError("PTE index range outside a table")
+        with nogil:
+            self.pageout_pte_range(tid, i0, i1)
+
+    def swap_out_thp(self, int64_t tid, uint32_t head):
+        """Swap out an exclusively mapped THP whose PMD was split into table tid (which maps
+        all 512 subpages in order): one free cluster, or -1 when none is free."""
+        self._check_tid(tid)
+        self._check_thp(head, 0, PTRS_PER_PTE)
+        cdef int64_t c, i
+        with nogil:
+            c = self.swap_alloc_cluster()
+            if c >= 0:
+                for i in range(PTRS_PER_PTE):
+                    self.swap_map[c + i] = 1
+                    self.swap_content[c + i] = self.zone.content[head + i]
+                    self.zone.mapcount[head + i] = 0
+                    self.ptes[tid * PTRS_PER_PTE + i] = (<uint32_t>(c + i) << PTE_PFN_SHIFT) | PTE_KIND_SWAP
+                self.swap_used += PTRS_PER_PTE
+                self.stats.swapped_out += PTRS_PER_PTE
+                self.stats.rss_removed += PTRS_PER_PTE
+                self.zone.free_pages(head, PAGEBLOCK_ORDER)
+                self.stats.pages_freed += PTRS_PER_PTE
+        return c
+
+    def split_folio(self, uint32_t head):
+        """split_huge_page(): the order-9 folio becomes 512 order-0 folios (mappings unchanged).
+        Subpages no longer mapped anywhere are freed; returns how many were."""
+        self._check_thp(head, 0, PTRS_PER_PTE)
+        cdef int64_t i, freed = 0
+        cdef uint8_t keep = self.zone.flags[head] & (PG_lru | PG_movable_ops | PG_kernel)
+        with nogil:
+            for i in range(PTRS_PER_PTE):
+                self.zone.flags[head + i] = PG_head | keep
+                self.zone.order[head + i] = 0
+            for i in range(PTRS_PER_PTE):
+                if self.zone.mapcount[head + i] == 0:
+                    self.zone.free_pages(head + i, 0)
+                    freed += 1
+        return freed
+
+    def put_frame(self, uint32_t pfn):
+        """Drop one mapping of a user frame (used by PMD-level zaps in the kernel model)."""
+        if pfn >= self.zone.nr_pages or not (self.zone.flags[pfn] & PG_lru) or self.zone.mapcount[pfn] <= 0:
+            raise ValueError(f"pfn {pfn} is not a mapped user frame")
+        with nogil:
+            self.put_user_frame(pfn)
+
+    def map_thp(self, uint32_t head, int delta):
+        """Add delta to the mapcount of every frame of the THP at head (PMD map/unmap)."""
+        cdef int64_t i
+        for i in range(PTRS_PER_PTE):
+            self.zone.mapcount[head + i] += delta
+
+    def alloc_thp(self, int alloc_flags, int memcg=0):
+        """An order-9 movable folio for a fault or collapse: zeroed, each frame mapped once;
+        returns the head pfn, or -1 when the free lists refuse."""
+        cdef int64_t pfn, i
+        with nogil:
+            pfn = self.zone.alloc_one(PAGEBLOCK_ORDER, MIGRATE_MOVABLE, alloc_flags, PG_lru)
+            if pfn >= 0:
+                for i in range(PTRS_PER_PTE):
+                    self.zone.mapcount[pfn + i] = 1
+                    self.zone.memcg[pfn + i] = <uint16_t>memcg
+        return pfn
+
+    cdef int _check_thp(self, int64_t head, int i0, int i1) except -1:
+        if not 0 <= head < self.zone.nr_pages or head & (PTRS_PER_PTE - 1) \
+                or not (self.zone.flags[head] & PG_head) or self.zone.order[head] != PAGEBLOCK_ORDER:
+            raise ValueError(f"pfn {head} is not the head of a THP")
+        if not 0 <= i0 <= i1 <= PTRS_PER_PTE:
+            raise ValueError("subpage range outside a THP")
+        return 0
+
+    def thp_write(self, int64_t head, int i0, int i1, int value_mode, uint32_t value, int64_t vpn0):
+        """Store content words into subpages i0..i1-1 of a THP (a write through its PMD)."""
+        self._check_thp(head, i0, i1)
+        cdef int i
+        with nogil:
+            for i in range(i0, i1):
+                self.zone.content[head + i] = page_value(value_mode, value, vpn0 + (i - i0))
+
+    def thp_read(self, int64_t head, int i0, int i1):
+        self._check_thp(head, i0, i1)
+        return np.asarray(self.zone.content[head + i0:head + i1]).copy()
+
+    def check_against(self, tables, huge_heads, zero_pmds=0):
+        """Prove the pool against the mms' PMD directories: `tables` lists every table id in
+        use (each once), `huge_heads` every PMD-mapped THP head (once per mapping). Returns an
+        error string, or None."""
+        cdef int64_t n = self.zone.nr_pages, tid, i, pfn
+        cdef uint32_t pte, slot
+        expected_np = np.zeros(n, dtype=np.int64)
+        swap_refs_np = np.zeros(max(self.swap_slots, 1), dtype=np.int64)
+        cdef int64_t[::1] expected = expected_np
+        cdef int64_t[::1] swap_refs = swap_refs_np
+        seen = set()
+        for tid in tables:
+            if tid in seen:
+                return f"table {tid} referenced twice"
+            seen.add(tid)
+            if not 0 <= tid < self.capacity or self.table_pfn[tid] == PFN_NONE:
+                return f"table {tid} referenced but not allocated"
+            pfn = self.table_pfn[tid]
+            if (self.zone.flags[pfn] & (PG_head | PG_kernel | PG_pgtable)) != (PG_head | PG_kernel | PG_pgtable):
+                return f"table {tid} frame {pfn} is not a page-table page"
+            for i in range(PTRS_PER_PTE):
+                pte = self.ptes[tid * PTRS_PER_PTE + i]
+                if pte & PTE_PRESENT:
+                    expected[pte >> PTE_PFN_SHIFT] += 1
+                elif (pte & 0xF) == PTE_KIND_SWAP:
+                    slot = pte >> PTE_PFN_SHIFT
+                    if slot >= self.swap_slots:
+                        return f"swap entry {slot} outside the device"
+                    swap_refs[slot] += 1
+                elif pte != 0 and pte != PTE_KIND_ZERO:
+                    return f"table {tid} has a malformed PTE {pte:#x}"
+        if len(seen) != self.nr_tables:
+            return f"{self.nr_tables} tables allocated but {len(seen)} referenced"
+        for head in huge_heads:
+            for i in range(PTRS_PER_PTE):
+                expected[head + i] += 1
+        flags = np.asarray(self.zone.flags)
+        mapcount = np.asarray(self.zone.mapcount)
+        user = (flags & PG_lru) != 0
+        bad = np.nonzero(user & (mapcount != expected_np))[0]
+        if bad.size:
+            p = int(bad[0])
+            return f"pfn {p}: mapcount {mapcount[p]} but {expected_np[p]} mappings"
+        bad = np.nonzero(~user & (expected_np != 0))[0]
+        if bad.size:
+            return f"pfn {int(bad[0])} is mapped but not an allocated user page"
+        # A user frame with no mapping must belong to a partly mapped THP.
+        orphan = np.nonzero(user & (mapcount == 0))[0]
+        if orphan.size:
+            heads = np.unique(orphan & ~np.int64(511))
+            for h in heads:
+                if not (mapcount[h:h + 512] > 0).any():
+                    return f"THP at pfn {int(h)} is allocated but entirely unmapped"
+                if self.zone.order[h] != PAGEBLOCK_ORDER or not (flags[h] & PG_head):
+                    return f"pfn {int(orphan[0])} is an unmapped order-0 user page"
+        if self.swap_slots:
+            sm = np.asarray(self.swap_map).astype(np.int64)
+            if not np.array_equal(sm, swap_refs_np[:self.swap_slots]):
+                s = int(np.nonzero(sm != swap_refs_np[:self.swap_slots])[0][0])
+                return f"swap slot {s}: swap_map {sm[s]} but {swap_refs_np[s]} swap PTEs"
+            if int((sm > 0).sum()) != self.swap_used:
+                return "swap_used disagrees with swap_map"
+        return None
+
+    @property
+    def nbytes(self):
+        return self.capacity * (PTRS_PER_PTE * 4 + 8)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,10 +17,21 @@ from .sysfs import Sysfs, ThpSettings
 from .units import PAGE_SIZE, format_size, parse_size
 from .vmstat import Vmstat
 
+if TYPE_CHECKING:
+    from .process import Process
+
 KERNELS = ("6.18", "rfc-2022")
 MIN_MEMORY = 16 << 20               # below this the kernel disables mobility grouping
 SMALL_MACHINE = 512 << 20           # hugepage_init() clears every THP flag below this
 PAGEBLOCK_BYTES = 2 << 20
+MAX_MEMORY = 1 << 40
+MAX_SWAP = (1 << 40) - PAGE_SIZE
+
+# The vmstat events the simulator counts so far (all start at 0, as after boot).
+EVENTS = ("pswpin", "pswpout", "pglazyfree", "thp_fault_alloc", "thp_fault_fallback",
+          "thp_fault_fallback_charge", "thp_split_page", "thp_split_page_failed",
+          "thp_deferred_split_page", "thp_split_pmd", "thp_zero_page_alloc",
+          "thp_zero_page_alloc_failed", "thp_swpout", "thp_swpout_fallback")
 
 
 class InvariantError(AssertionError):
@@ -41,11 +54,13 @@ class Machine:
             raise ValueError(f"memory must be a multiple of 2 MiB (one pageblock), got {nbytes}")
         if nbytes < MIN_MEMORY:
             raise ValueError(f"memory must be at least {format_size(MIN_MEMORY)}")
-        if nbytes // PAGE_SIZE >= 0xFFFFFFFF:
-            raise ValueError("memory must be below 16 TiB (pfns are 32-bit)")
+        if nbytes > MAX_MEMORY:
+            raise ValueError("memory must be at most 1 TiB (PTEs hold 28-bit pfns)")
         self.swap_bytes = parse_size(swap, what="swap") if swap is not None else 0
         if self.swap_bytes % PAGE_SIZE:
             raise ValueError("swap must be a multiple of 4 KiB")
+        if self.swap_bytes > MAX_SWAP:
+            raise ValueError("swap must be below 1 TiB")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise TypeError("seed must be a non-negative int")
         if kernel not in KERNELS:
@@ -70,13 +85,26 @@ class Machine:
         self.procfs = Procfs(self)
 
         zone = self.page_alloc.zone
-        self.events: dict[str, int] = {}
+        self.page_tables = _engine.PageTables(zone, self.swap_bytes // PAGE_SIZE)
+        self.huge_zero_pfn: int | None = None
+        self.thp_pmd_mappings: dict[int, int] = {}      # THP head -> PMD mappings of it
+        self.thp_index: dict[int, int] = {}             # THP head -> virtual region it was made for
+        self.deferred_split: dict[int, bool] = {}       # THP head -> partially mapped
+        self.khugepaged_mm_list: list = []
+        self._processes: dict[int, "Process"] = {}
+        self._next_pid = 1
+        self._next_anon_vma = 1
+        self._write_generation = 0
+        self.events: dict[str, int] = dict.fromkeys(EVENTS, 0)
         self.vmstat = Vmstat(self.events, {
             "nr_free_pages": lambda: zone.nr_free_pages,
             "nr_free_pages_blocks": self._nr_free_pages_blocks,
             "pgalloc_normal": lambda: zone.pgalloc,
             "pgfree": lambda: zone.pgfree,
             "nr_unstable": lambda: 0,       # vmstat_show() always appends it (deprecated)
+            "nr_anon_pages": self._nr_anon_pages,
+            "nr_anon_transparent_hugepages": lambda: len(self.thp_pmd_mappings),
+            "nr_page_table_pages": lambda: self.page_tables.nr_tables,
         })
 
     # ---- THP knob side effects -------------------------------------------------------------
@@ -94,6 +122,97 @@ class Machine:
     def _nr_free_pages_blocks(self) -> int:
         area = self.page_alloc.zone.free_area()[:4]      # every type but isolate
         return int(sum(int(area[:, o].sum()) << o for o in range(9, area.shape[1])))
+
+    # ---- counters ------------------------------------------------------------------------------
+
+    def count(self, event: str, n: int = 1) -> None:
+        self.events[event] += n
+
+    def count_mthp(self, stat: str, n: int = 1) -> None:
+        self.thp.hugepages_2048kB.stats[stat] += n
+
+    def _nr_anon_pages(self) -> int:
+        f = self.page_alloc.zone.frames()
+        return int((((f["flags"] & _engine.PY_PG_LRU) != 0) & (f["mapcount"] > 0)).sum())
+
+    def new_anon_vma_id(self) -> int:
+        self._next_anon_vma += 1
+        return self._next_anon_vma - 1
+
+    def next_write_generation(self) -> int:
+        self._write_generation = (self._write_generation + 1) & 0xFFFFFFFF
+        return self._write_generation
+
+    # ---- processes -----------------------------------------------------------------------------
+
+    def spawn(self, name: str = "task", uid: int = 0, caps=None) -> "Process":
+        """A new process with an empty mm; uid 0 with every capability unless told otherwise."""
+        from .process import CAPABILITIES, Process
+        if not isinstance(name, str):
+            raise TypeError("name must be a str")
+        if isinstance(uid, bool) or not isinstance(uid, int) or not 0 <= uid < 2 ** 32 - 1:
+            raise ValueError("uid must be an int in 0..2**32-2")
+        if caps is None:
+            caps = CAPABILITIES if uid == 0 else frozenset()
+        elif isinstance(caps, str) or not all(isinstance(c, str) for c in caps):
+            raise TypeError("caps must be a collection of capability names")
+        else:
+            caps = frozenset(caps)
+            unknown = caps - CAPABILITIES
+            if unknown:
+                raise ValueError(f"unknown capabilities: {sorted(unknown)}")
+        p = Process(self, self._next_pid, name, uid, caps)
+        self._next_pid += 1
+        self._processes[p.pid] = p
+        return p
+
+    def processes(self) -> list["Process"]:
+        """Live simulated processes, by pid."""
+        return [p for p in self._processes.values() if p.alive]
+
+    def process(self, pid: int) -> "Process":
+        p = self._processes.get(pid)
+        if p is None or not p.alive:
+            raise ProcessLookupError(errno.ESRCH, f"No such process: {pid}")
+        return p
+
+    def populate(self, mm, vma, start: int, end: int, write: bool) -> None:
+        """MAP_POPULATE / MADV_POPULATE_*: fault the range without storing data."""
+        from .memory import handle_mm_fault_range
+        handle_mm_fault_range(self, mm, vma, start, end, write, _engine.PY_VALUE_CONSTANT, 0,
+                              None)
+
+    # ---- THP folio life cycle ---------------------------------------------------------------
+
+    def folio_unmapped(self, head: int) -> None:
+        """A THP lost a PMD mapping: free it if nothing maps it, else note a partial mapping."""
+        mapcount = self.page_alloc.zone.frames()["mapcount"][head:head + 512]
+        if not mapcount.any():
+            self.page_alloc.zone.free(head, 9)
+            self.thp_folio_freed(head)
+        elif not mapcount.all():
+            self.folio_partially_mapped(head)
+
+    def thp_folio_freed(self, head: int) -> None:
+        self.deferred_split.pop(head, None)
+        self.thp_index.pop(head, None)
+        self.thp_pmd_mappings.pop(head, None)
+
+    def folio_partially_mapped(self, head: int) -> None:
+        """deferred_split_folio(folio, partially_mapped=true): queue it, once."""
+        if not self.deferred_split.get(head, False):
+            self.deferred_split[head] = True
+            self.count("thp_deferred_split_page")
+            self.count_mthp("split_deferred")
+
+    def split_folio(self, head: int) -> int:
+        """split_huge_page() of an anonymous THP into order-0 pages; unmapped subpages are
+        freed. Returns the number of pages freed."""
+        freed = self.page_tables.split_folio(head)
+        self.thp_folio_freed(head)
+        self.count("thp_split_page")
+        self.count_mthp("split")
+        return int(freed)
 
     # ---- kernel allocations (for scenarios that fragment memory on purpose) ---------------
 
@@ -119,10 +238,6 @@ class Machine:
     def nr_pages(self) -> int:
         return int(self.page_alloc.zone.nr_pages)
 
-    def processes(self) -> list:
-        """Live simulated processes (none can exist before process support lands)."""
-        return []
-
     def check(self) -> None:
         """Prove the invariants; raises InvariantError naming the first violation."""
         zone = self.page_alloc.zone
@@ -130,6 +245,35 @@ class Machine:
         if rc:
             where = f" at pfn {zone.check_pfn}" if zone.check_pfn >= 0 else ""
             raise InvariantError(f"{_engine.CHECK_MESSAGES[rc]}{where} (code {rc})")
+        from .mm import PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, pmd_huge_pfn, pmd_kind, pmd_table_id
+        tables, heads, pmd_counts = [], [], {}
+        for p in self._processes.values():
+            mm = p.mm
+            rss = swap = 0
+            for region, entry in mm.populated_pmds():
+                if not p.alive:
+                    raise InvariantError(f"exited pid {p.pid} still has page tables")
+                tables.append(pmd_table_id(entry))
+                kind = pmd_kind(entry)
+                if kind == PMD_KIND_HUGE:
+                    head = pmd_huge_pfn(entry)
+                    heads.append(head)
+                    pmd_counts[head] = pmd_counts.get(head, 0) + 1
+                    rss += 512
+                    if mm.vmas.find(region) is None or mm.vmas.find(region).end < region + (2 << 20):
+                        raise InvariantError(f"pid {p.pid}: huge PMD at {region:#x} outside one VMA")
+                elif kind != PMD_KIND_HUGE_ZERO:
+                    t = self.page_tables.table(pmd_table_id(entry))
+                    rss += int(((t & 1) != 0).sum())
+                    swap += int(((t & 0xF) == 2).sum())
+            if p.alive and (rss != mm.anon_rss or swap != mm.swap_ents):
+                raise InvariantError(f"pid {p.pid}: rss {mm.anon_rss}/swap {mm.swap_ents} counted, "
+                                     f"{rss}/{swap} mapped")
+        err = self.page_tables.check_against(tables, heads)
+        if err:
+            raise InvariantError(err)
+        if pmd_counts != self.thp_pmd_mappings:
+            raise InvariantError("PMD-mapped THP bookkeeping disagrees with the page tables")
 
     def state_hash(self) -> str:
         """A digest of the whole simulated state; equal seeds and operations give equal hashes."""
@@ -141,7 +285,26 @@ class Machine:
         h.update(zone.free_area().tobytes())
         for mt in range(5):
             h.update(np.asarray(zone.free_list(mt, 0)[:64], dtype=np.int64).tobytes())
+        from .mm import PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, pmd_kind, pmd_table_id
+        procs = []
+        for p in self._processes.values():
+            mm = p.mm
+            procs.append([p.pid, p.name, p.uid, sorted(p.caps), p.alive, p.exit_reason,
+                          [(v.start, v.end, v.flags, v.anon_vma) for v in mm.vmas],
+                          mm.anon_rss, mm.swap_ents, mm.registered, mm.thp_disable])
+            for region, entry in mm.populated_pmds():
+                h.update(np.array([region, entry], dtype=np.uint64).tobytes())
+                if pmd_kind(entry) not in (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO):
+                    h.update(self.page_tables.table(pmd_table_id(entry)).tobytes())
         meta = {
+            "processes": procs,
+            "deferred_split": list(self.deferred_split.items()),
+            "khugepaged_mms": [
+                next(p.pid for p in self._processes.values() if p.mm is mm)
+                for mm in self.khugepaged_mm_list],
+            "huge_zero": self.huge_zero_pfn,
+            "write_generation": self._write_generation,
+            "swap_used": self.page_tables.swap_used,
             "counters": zone.counters(),
             "events": self.events,
             "watermarks": zone.watermarks(),

@@ -1,0 +1,175 @@
+"""mm/huge_memory.c for anonymous memory: THP eligibility, the fault-time gfp, huge PMD faults,
+the huge zero folio, and splitting or zapping a huge PMD."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import _engine
+from .mm import (MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_WRITE, PMD_YOUNG,
+                 make_huge_pmd, make_huge_zero_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind,
+                 pmd_table_id)
+from .vma import PMD_SIZE, VM_HUGEPAGE, VM_NOHUGEPAGE, VM_WRITE, VMA
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+HPAGE_PMD_NR = 512
+PR_THP_DISABLE_EXCEPT_ADVISED = 1 << 1
+
+
+class TVA(enum.Enum):
+    """enum tva_type (6.18): who asks whether a VMA may have a PMD THP."""
+    SMAPS = "smaps"
+    PAGEFAULT = "pagefault"
+    KHUGEPAGED = "khugepaged"
+    FORCED_COLLAPSE = "forced_collapse"
+
+
+def pmd_order_allowed_by_sysfs(machine: "Machine", vma: VMA) -> bool:
+    """The anon order mask of __thp_vma_allowable_orders() restricted to PMD order."""
+    per_size = machine.thp.hugepages_2048kB.enabled
+    hugepage = bool(vma.flags & VM_HUGEPAGE)
+    if per_size == "always":
+        return True
+    if per_size == "madvise":
+        return hugepage
+    if per_size == "inherit":
+        glob = machine.thp.enabled
+        return glob == "always" or (hugepage and glob != "never")
+    return False
+
+
+def thp_vma_allowable(machine: "Machine", mm: MM, vma: VMA, ctx: TVA) -> bool:
+    """thp_vma_allowable_order(vma, vm_flags, ctx, PMD_ORDER) for an anonymous VMA."""
+    if ctx is not TVA.FORCED_COLLAPSE and not pmd_order_allowed_by_sysfs(machine, vma):
+        return False
+    if vma.flags & VM_NOHUGEPAGE:
+        return False
+    if mm.thp_disable:
+        flags = mm.thp_disable - 1
+        if not flags & PR_THP_DISABLE_EXCEPT_ADVISED:
+            return False
+        if not (vma.flags & VM_HUGEPAGE) and ctx is not TVA.FORCED_COLLAPSE:
+            return False
+    if ctx is not TVA.PAGEFAULT and not vma.has_aligned_pmd():
+        return False
+    if ctx in (TVA.KHUGEPAGED, TVA.FORCED_COLLAPSE) and vma.anon_vma is None:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Gfp:
+    """The parts of a THP gfp mask the allocator acts on."""
+    direct_reclaim: bool
+    kswapd: bool
+    noretry: bool = False
+
+    def alloc_flags(self) -> int:
+        return _engine.PY_ALLOC_KSWAPD if self.kswapd else 0
+
+
+def vma_thp_gfp_mask(machine: "Machine", vma: VMA) -> Gfp:
+    """vma_thp_gfp_mask(): the defrag knob decides how hard a THP fault tries."""
+    madvised = bool(vma.flags & VM_HUGEPAGE)
+    defrag = machine.thp.defrag
+    if defrag == "always":
+        return Gfp(direct_reclaim=True, kswapd=False, noretry=not madvised)
+    if defrag == "defer":
+        return Gfp(direct_reclaim=False, kswapd=True)
+    if defrag == "defer+madvise":
+        return Gfp(direct_reclaim=True, kswapd=False) if madvised else Gfp(False, True)
+    if defrag == "madvise":
+        return Gfp(direct_reclaim=madvised, kswapd=False)
+    return Gfp(direct_reclaim=False, kswapd=False)
+
+
+def alloc_thp(machine: "Machine", gfp: Gfp) -> int:
+    """__alloc_pages(order 9): the fast path at the low watermark (ALLOC_NOFRAGMENT first),
+    then the slow path's first attempt at min. Direct compaction and reclaim are not modelled
+    yet, so a direct-reclaim gfp fails here too when the free lists have no order-9 block."""
+    pt = machine.page_tables
+    head = pt.alloc_thp(_engine.PY_ALLOC_WMARK_LOW | _engine.PY_ALLOC_NOFRAGMENT | gfp.alloc_flags())
+    if head < 0:
+        head = pt.alloc_thp(_engine.PY_ALLOC_WMARK_MIN | gfp.alloc_flags())
+    return int(head)
+
+
+def get_huge_zero_folio(machine: "Machine", mm: MM) -> bool:
+    """mm_get_huge_zero_folio(): allocate the global huge zero folio on first use."""
+    if machine.huge_zero_pfn is None:
+        pfn = machine.page_alloc.zone.alloc(9, 0, _engine.PY_ALLOC_WMARK_LOW | _engine.PY_ALLOC_NOFRAGMENT,
+                                             _engine.PY_PG_KERNEL)
+        if pfn < 0:
+            pfn = machine.page_alloc.zone.alloc(9, 0, _engine.PY_ALLOC_WMARK_MIN, _engine.PY_PG_KERNEL)
+        if pfn < 0:
+            machine.count("thp_zero_page_alloc_failed")
+            return False
+        machine.huge_zero_pfn = int(pfn)
+        machine.count("thp_zero_page_alloc")
+    mm.huge_zero_used = True
+    return True
+
+
+def map_new_thp(machine: "Machine", mm: MM, vma: VMA, region: int, head: int, deposit: int) -> None:
+    """Install a freshly allocated, exclusively mapped THP at region (fault or collapse)."""
+    flags = PMD_YOUNG | PMD_DIRTY | (PMD_WRITE if vma.flags & VM_WRITE else 0)
+    mm.set_pmd(region, make_huge_pmd(head, deposit, flags))
+    mm.anon_rss += HPAGE_PMD_NR
+    machine.thp_pmd_mappings[head] = machine.thp_pmd_mappings.get(head, 0) + 1
+    if machine.thp.shrink_underused:
+        machine.deferred_split.setdefault(head, False)     # 6.12+: queued for the underused scan
+
+
+def split_huge_pmd(machine: "Machine", mm: MM, region: int) -> None:
+    """__split_huge_pmd(): the mapping, not the folio, becomes 512 PTEs in the deposited table."""
+    entry = mm.get_pmd(region)
+    kind = pmd_kind(entry)
+    if kind not in (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO):
+        return
+    tid = pmd_table_id(entry)
+    table = machine.page_tables.table(tid)
+    if kind == PMD_KIND_HUGE_ZERO:
+        table[:] = _engine.PY_PTE_KIND_ZERO
+    else:
+        head = pmd_huge_pfn(entry)
+        bits = _engine.PY_PTE_PRESENT
+        bits |= _engine.PY_PTE_YOUNG if entry & PMD_YOUNG else 0
+        bits |= _engine.PY_PTE_DIRTY if entry & PMD_DIRTY else 0
+        bits |= _engine.PY_PTE_WRITE if entry & PMD_WRITE else 0
+        table[:] = ((head + np.arange(HPAGE_PMD_NR, dtype=np.uint32)) << 4) | bits
+        _drop_pmd_mapping_count(machine, head)
+    mm.set_pmd(region, make_table_pmd(tid))
+    machine.count("thp_split_pmd")
+
+
+def _drop_pmd_mapping_count(machine: "Machine", head: int) -> None:
+    n = machine.thp_pmd_mappings[head] - 1
+    if n:
+        machine.thp_pmd_mappings[head] = n
+    else:
+        del machine.thp_pmd_mappings[head]
+
+
+def zap_huge_pmd(machine: "Machine", mm: MM, region: int) -> None:
+    """zap_huge_pmd(): drop a whole PMD mapping and its deposited table."""
+    entry = mm.get_pmd(region)
+    pt = machine.page_tables
+    if pmd_kind(entry) == PMD_KIND_HUGE:
+        head = pmd_huge_pfn(entry)
+        pt.map_thp(head, -1)
+        mm.anon_rss -= HPAGE_PMD_NR
+        _drop_pmd_mapping_count(machine, head)
+        machine.folio_unmapped(head)
+    mm.set_pmd(region, 0)
+    pt.zap(pmd_table_id(entry), 0, 0)        # validates the id
+    pt.release_table(pmd_table_id(entry))
+
+
+def region_in_vma(vma: VMA, region: int) -> bool:
+    return vma.start <= region and region + PMD_SIZE <= vma.end

@@ -1,0 +1,143 @@
+"""mm/madvise.c: argument checks, the VMA walk and each advice, for private anonymous memory."""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+from . import constants as C
+from .huge_memory import split_huge_pmd
+from .memory import khugepaged_enter_vma, zap_page_range
+from .mm import MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, pmd_kind
+from .vma import (PAGE_SIZE, PMD_SIZE, VM_DONTCOPY, VM_DONTDUMP, VM_HUGEPAGE, VM_LOCKED,
+                  VM_NOHUGEPAGE, VM_WIPEONFORK, VMA)
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+VM_SEQ_READ = 0x8000
+VM_RAND_READ = 0x10000
+MADV_GUARD_INSTALL = 102
+MADV_GUARD_REMOVE = 103
+MADV_HWPOISON = 100
+MADV_SOFT_OFFLINE = 101
+
+# madvise_behavior_valid() on an x86-64 kernel with KSM and memory-failure support.
+VALID_ADVICE = {
+    C.MADV_NORMAL, C.MADV_RANDOM, C.MADV_SEQUENTIAL, C.MADV_WILLNEED, C.MADV_DONTNEED,
+    C.MADV_FREE, C.MADV_REMOVE, C.MADV_DONTFORK, C.MADV_DOFORK, C.MADV_MERGEABLE,
+    C.MADV_UNMERGEABLE, C.MADV_HUGEPAGE, C.MADV_NOHUGEPAGE, C.MADV_DONTDUMP, C.MADV_DODUMP,
+    C.MADV_WIPEONFORK, C.MADV_KEEPONFORK, C.MADV_COLD, C.MADV_PAGEOUT, C.MADV_POPULATE_READ,
+    C.MADV_POPULATE_WRITE, C.MADV_DONTNEED_LOCKED, C.MADV_COLLAPSE, MADV_GUARD_INSTALL,
+    MADV_GUARD_REMOVE, MADV_HWPOISON, MADV_SOFT_OFFLINE,
+}
+
+# Advice that only changes vm_flags: (flags to set, flags to clear).
+FLAG_ADVICE = {
+    C.MADV_NORMAL: (0, VM_SEQ_READ | VM_RAND_READ),
+    C.MADV_RANDOM: (VM_RAND_READ, VM_SEQ_READ),
+    C.MADV_SEQUENTIAL: (VM_SEQ_READ, VM_RAND_READ),
+    C.MADV_DONTFORK: (VM_DONTCOPY, 0),
+    C.MADV_DOFORK: (0, VM_DONTCOPY),
+    C.MADV_WIPEONFORK: (VM_WIPEONFORK, 0),
+    C.MADV_KEEPONFORK: (0, VM_WIPEONFORK),
+    C.MADV_DONTDUMP: (VM_DONTDUMP, 0),
+    C.MADV_DODUMP: (0, VM_DONTDUMP),
+    C.MADV_HUGEPAGE: (VM_HUGEPAGE, VM_NOHUGEPAGE),
+    C.MADV_NOHUGEPAGE: (VM_NOHUGEPAGE, VM_HUGEPAGE),
+}
+
+
+class Unsupported(ValueError):
+    """A call the kernel accepts but thpcore does not model (yet)."""
+
+
+def check_madvise_args(start: int, length: int, advice: int) -> int | None:
+    """is_valid_madvise() + madvise_should_skip(): the end address, or None for a no-op.
+    Raises OSError(EINVAL) exactly where the kernel returns it."""
+    if advice not in VALID_ADVICE:
+        raise OSError(errno.EINVAL, f"Invalid argument: unknown advice {advice}")
+    if start % PAGE_SIZE:
+        raise OSError(errno.EINVAL, "Invalid argument: start is not page aligned")
+    aligned = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1) & ((1 << 64) - 1)
+    if length and not aligned:
+        raise OSError(errno.EINVAL, "Invalid argument: length rounds up to zero")
+    end = start + aligned
+    if end >= 1 << 64:
+        raise OSError(errno.EINVAL, "Invalid argument: range wraps")
+    return None if end == start else end
+
+
+def do_madvise(machine: "Machine", mm: MM, start: int, length: int, advice: int) -> None:
+    end = check_madvise_args(start, length, advice)
+    if end is None:
+        return
+    if advice in (C.MADV_MERGEABLE, C.MADV_UNMERGEABLE, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE,
+                  MADV_HWPOISON, MADV_SOFT_OFFLINE, C.MADV_COLLAPSE):
+        raise Unsupported(f"madvise advice {advice} is not modelled by thpcore yet")
+    if advice == C.MADV_REMOVE:
+        # madvise_remove(): only for shared file mappings.
+        if mm.vmas.overlapping(start, end):
+            raise OSError(errno.EINVAL, "Invalid argument: MADV_REMOVE on anonymous memory")
+    unmapped = False
+    pos = start
+    while pos < end:
+        vma = mm.vmas.find(pos) or next(iter(mm.vmas.overlapping(pos, end)), None)
+        if vma is None:
+            raise OSError(errno.ENOMEM, "Cannot allocate memory: range not fully mapped")
+        if pos < vma.start:
+            unmapped = True
+            pos = vma.start
+        lo, hi = pos, min(end, vma.end)
+        madvise_vma(machine, mm, vma, lo, hi, advice)
+        pos = hi
+    if unmapped:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory: range not fully mapped")
+
+
+def _set_vma_flags(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int, set_: int,
+                   clear: int) -> VMA:
+    new_flags = (vma.flags | set_) & ~clear
+    if new_flags == vma.flags:
+        return vma
+    for boundary in (lo, hi):
+        region = boundary & ~(PMD_SIZE - 1)
+        # vma_adjust_trans_huge(): a huge PMD straddling a new VMA boundary is split.
+        if boundary != region and pmd_kind(mm.get_pmd(region)) in (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO):
+            split_huge_pmd(machine, mm, region)
+    mm.vmas.split_at(lo)
+    mm.vmas.split_at(hi)
+    target = mm.vmas.find(lo)
+    target.flags = new_flags
+    mm.vmas.merge_around(lo, hi)
+    return mm.vmas.find(lo)
+
+
+def madvise_vma(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int, advice: int) -> None:
+    if advice in FLAG_ADVICE:
+        set_, clear = FLAG_ADVICE[advice]
+        vma = _set_vma_flags(machine, mm, vma, lo, hi, set_, clear)
+        if advice == C.MADV_HUGEPAGE:
+            khugepaged_enter_vma(machine, mm, vma)
+        return
+    if advice in (C.MADV_DONTNEED, C.MADV_DONTNEED_LOCKED):
+        if vma.flags & VM_LOCKED and advice == C.MADV_DONTNEED:
+            raise OSError(errno.EINVAL, "Invalid argument: MADV_DONTNEED on a locked VMA")
+        zap_page_range(machine, mm, lo, hi)
+        return
+    if advice in (C.MADV_COLD, C.MADV_PAGEOUT):
+        if vma.flags & VM_LOCKED:
+            raise OSError(errno.EINVAL, "Invalid argument: locked VMA")
+        from .swap import madvise_cold_or_pageout
+        madvise_cold_or_pageout(machine, mm, vma, lo, hi, pageout=advice == C.MADV_PAGEOUT)
+        return
+    if advice == C.MADV_FREE:
+        if vma.flags & VM_LOCKED:
+            raise OSError(errno.EINVAL, "Invalid argument: MADV_FREE on a locked VMA")
+        from .swap import madvise_free
+        madvise_free(machine, mm, vma, lo, hi)
+        return
+    if advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE):
+        machine.populate(mm, vma, lo, hi, write=advice == C.MADV_POPULATE_WRITE)
+        return
+    # MADV_WILLNEED on anonymous memory: swap readahead only, no visible state change here.

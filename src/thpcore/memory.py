@@ -1,0 +1,208 @@
+"""mm/memory.c: page faults over a range, and zapping (unmapping) a range."""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import _engine
+from .huge_memory import (HPAGE_PMD_NR, TVA, alloc_thp, get_huge_zero_folio, map_new_thp,
+                          region_in_vma, split_huge_pmd, thp_vma_allowable, vma_thp_gfp_mask,
+                          zap_huge_pmd)
+from .mm import (MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, PMD_WRITE,
+                 PMD_YOUNG, make_huge_zero_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind,
+                 pmd_table_id)
+from .vma import PAGE_SHIFT, PMD_SIZE, VM_WRITE, VMA
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+
+class OutOfMemory(OSError):
+    """A fault could not allocate memory (the kernel would reclaim or OOM-kill here)."""
+
+    def __init__(self, msg: str = "out of memory during a page fault"):
+        super().__init__(errno.ENOMEM, msg)
+
+
+def anon_vma_prepare(machine: "Machine", vma: VMA) -> None:
+    if vma.anon_vma is None:
+        vma.anon_vma = machine.new_anon_vma_id()
+
+
+def khugepaged_enter_vma(machine: "Machine", mm: MM, vma: VMA) -> None:
+    """Register the mm with khugepaged if PMD THP is on and the VMA qualifies (anon_vma set)."""
+    if not mm.registered and machine.thp.pmd_enabled() \
+            and thp_vma_allowable(machine, mm, vma, TVA.KHUGEPAGED):
+        mm.registered = True
+        machine.khugepaged_mm_list.append(mm)
+
+
+def _pte_table(machine: "Machine", mm: MM, region: int) -> int:
+    """pte_alloc(): the region's PTE table, allocated on first use."""
+    entry = mm.get_pmd(region)
+    if pmd_kind(entry) == PMD_KIND_TABLE:
+        return pmd_table_id(entry)
+    tid = machine.page_tables.new_table()
+    if tid < 0:
+        raise OutOfMemory("no memory for a page table")
+    mm.set_pmd(region, make_table_pmd(tid))
+    return tid
+
+
+def _do_huge_pmd_anonymous_page(machine: "Machine", mm: MM, vma: VMA, region: int,
+                                write: bool) -> bool:
+    """A fault on a none PMD in a THP-eligible region; True if a huge PMD now maps it."""
+    anon_vma_prepare(machine, vma)
+    khugepaged_enter_vma(machine, mm, vma)
+    pt = machine.page_tables
+    if not write and machine.thp.use_zero_page:
+        if not get_huge_zero_folio(machine, mm):
+            machine.count("thp_fault_fallback")
+            return False
+        deposit = pt.new_table()
+        if deposit < 0:
+            raise OutOfMemory("no memory for a page table")
+        mm.set_pmd(region, make_huge_zero_pmd(deposit))
+        return True
+    head = alloc_thp(machine, vma_thp_gfp_mask(machine, vma))
+    if head < 0:
+        machine.count("thp_fault_fallback")
+        machine.count_mthp("anon_fault_fallback")
+        return False
+    deposit = pt.new_table()
+    if deposit < 0:
+        machine.page_alloc.zone.free(head, 9)
+        raise OutOfMemory("no memory for a page table")
+    map_new_thp(machine, mm, vma, region, head, deposit)
+    machine.count("thp_fault_alloc")
+    machine.count_mthp("anon_fault_alloc")
+    return True
+
+
+def _wp_huge_pmd(machine: "Machine", mm: MM, vma: VMA, region: int) -> bool:
+    """A write to a read-only huge PMD. Returns True if the PMD is now writable."""
+    entry = mm.get_pmd(region)
+    if pmd_kind(entry) == PMD_KIND_HUGE_ZERO:
+        # do_huge_zero_wp_pmd() (6.13+): try a fresh THP before splitting.
+        head = alloc_thp(machine, vma_thp_gfp_mask(machine, vma))
+        if head >= 0:
+            map_new_thp(machine, mm, vma, region, head, pmd_table_id(entry))
+            machine.count("thp_fault_alloc")
+            machine.count_mthp("anon_fault_alloc")
+            return True
+        machine.count("thp_fault_fallback")
+        machine.count_mthp("anon_fault_fallback")
+        split_huge_pmd(machine, mm, region)
+        return False
+    head = pmd_huge_pfn(entry)
+    frames = machine.page_alloc.zone.frames()["mapcount"]
+    if (frames[head:head + HPAGE_PMD_NR] == 1).all():
+        # Exclusive: reuse in place (do_huge_pmd_wp_page).
+        mm.set_pmd(region, entry | PMD_WRITE | PMD_DIRTY | PMD_YOUNG)
+        return True
+    split_huge_pmd(machine, mm, region)
+    return False
+
+
+def handle_mm_fault_range(machine: "Machine", mm: MM, vma: VMA, start: int, end: int,
+                          write: bool, value_mode: int, value: int,
+                          out: np.ndarray | None) -> None:
+    """Touch every page of [start, end) inside vma as one access each (read or write).
+    The caller has checked that the VMA permits the access."""
+    pt = machine.page_tables
+    vma_write = bool(vma.flags & VM_WRITE)
+    memcg = 0
+    for region, lo, hi in mm.regions(start, end):
+        i0, i1 = (lo - region) >> PAGE_SHIFT, (hi - region) >> PAGE_SHIFT
+        vpn0 = lo >> PAGE_SHIFT
+        o = None if out is None else out[(lo - start) >> PAGE_SHIFT:(hi - start) >> PAGE_SHIFT]
+        entry = mm.get_pmd(region)
+        kind = pmd_kind(entry)
+        if entry == 0 and region_in_vma(vma, region) \
+                and thp_vma_allowable(machine, mm, vma, TVA.PAGEFAULT):
+            if _do_huge_pmd_anonymous_page(machine, mm, vma, region, write):
+                entry = mm.get_pmd(region)
+                kind = pmd_kind(entry)
+        if kind == PMD_KIND_HUGE_ZERO:
+            if not write:
+                if o is not None:
+                    o[:] = 0
+                continue
+            if _wp_huge_pmd(machine, mm, vma, region):
+                entry = mm.get_pmd(region)
+                kind = pmd_kind(entry)
+            else:
+                kind = PMD_KIND_TABLE
+        if kind == PMD_KIND_HUGE:
+            head = pmd_huge_pfn(entry)
+            if write and not entry & PMD_WRITE:
+                if _wp_huge_pmd(machine, mm, vma, region):
+                    entry = mm.get_pmd(region)
+                else:
+                    kind = PMD_KIND_TABLE
+            if kind == PMD_KIND_HUGE:
+                if write:
+                    pt.thp_write(head, i0, i1, value_mode, value, vpn0)
+                    mm.set_pmd(region, entry | PMD_YOUNG | PMD_DIRTY)
+                else:
+                    if o is not None:
+                        o[:] = pt.thp_read(head, i0, i1)
+                    mm.set_pmd(region, entry | PMD_YOUNG)
+                continue
+        # The PTE level.
+        anon_vma_prepare(machine, vma)
+        tid = _pte_table(machine, mm, region)
+        pt.reset_stats()
+        rc = pt.fault(tid, i0, i1, write, vma_write, vpn0, value_mode, value, o, memcg)
+        _account(machine, mm, pt.get_stats())
+        if rc != 0:
+            raise OutOfMemory()
+
+
+def _account(machine: "Machine", mm: MM, stats: dict) -> None:
+    mm.anon_rss += stats["anon_allocated"] - stats["rss_removed"]
+    mm.swap_ents -= stats["swapped_in"]
+    mm.hiwater_rss = max(mm.hiwater_rss, mm.anon_rss)
+    for head in machine.page_tables.partial_heads():
+        machine.folio_partially_mapped(int(head))
+
+
+def zap_page_range(machine: "Machine", mm: MM, start: int, end: int) -> None:
+    """unmap_page_range(): unmap [start, end) (page aligned), splitting huge PMDs it cuts."""
+    pt = machine.page_tables
+    for region, lo, hi in mm.regions(start, end):
+        entry = mm.get_pmd(region)
+        kind = pmd_kind(entry)
+        if entry == 0:
+            continue
+        if kind in (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO):
+            if lo == region and hi == region + PMD_SIZE:
+                zap_huge_pmd(machine, mm, region)
+                continue
+            split_huge_pmd(machine, mm, region)
+            entry = mm.get_pmd(region)
+        tid = pmd_table_id(entry)
+        pt.reset_stats()
+        pt.zap(tid, (lo - region) >> PAGE_SHIFT, (hi - region) >> PAGE_SHIFT)
+        stats = pt.get_stats()
+        mm.anon_rss -= stats["rss_removed"]
+        mm.swap_ents -= stats["swap_ptes_zapped"]
+        for head in pt.partial_heads():
+            machine.folio_partially_mapped(int(head))
+
+
+def free_pgtables(machine: "Machine", mm: MM, start: int, end: int) -> None:
+    """free_pgtables(): release the PTE tables of regions no VMA touches any more."""
+    for region, _, _ in mm.regions(start, end):
+        entry = mm.get_pmd(region)
+        if pmd_kind(entry) != PMD_KIND_TABLE:
+            continue
+        if mm.vmas.overlapping(region, region + PMD_SIZE):
+            continue
+        tid = pmd_table_id(entry)
+        machine.page_tables.zap(tid, 0, 512)
+        machine.page_tables.release_table(tid)
+        mm.set_pmd(region, 0)

@@ -1,0 +1,92 @@
+"""struct mm_struct: one address space's VMAs, PMD directory and counters."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+
+from . import _engine
+from .vma import PMD_SHIFT, PMD_SIZE, PUD_SHIFT, VMAList
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+PMD_KIND_MASK = 0x3
+PMD_KIND_TABLE = _engine.PY_PMD_KIND_TABLE
+PMD_KIND_HUGE = _engine.PY_PMD_KIND_HUGE
+PMD_KIND_HUGE_ZERO = _engine.PY_PMD_KIND_HUGE_ZERO
+PMD_YOUNG, PMD_DIRTY, PMD_WRITE = 0x4, 0x8, 0x10
+PTRS_PER_PMD = 512
+
+
+def pmd_kind(entry: int) -> int:
+    return entry & PMD_KIND_MASK
+
+
+def pmd_table_id(entry: int) -> int:
+    """The PTE table of a table entry, or the deposited table of a huge entry."""
+    return entry >> 32
+
+
+def pmd_huge_pfn(entry: int) -> int:
+    return ((entry >> 5) & 0x7FFFFFF) << 9
+
+
+def make_table_pmd(tid: int) -> int:
+    return (tid << 32) | PMD_KIND_TABLE
+
+
+def make_huge_pmd(head: int, deposit: int, flags: int) -> int:
+    return (deposit << 32) | ((head >> 9) << 5) | flags | PMD_KIND_HUGE
+
+
+def make_huge_zero_pmd(deposit: int) -> int:
+    return (deposit << 32) | PMD_KIND_HUGE_ZERO
+
+
+class MM:
+    """An address space. PMD entries live in one uint64[512] array per GiB of address space."""
+
+    def __init__(self, machine: "Machine"):
+        self.machine = machine
+        self.vmas = VMAList()
+        self.pmd_dir: dict[int, np.ndarray] = {}
+        self.anon_rss = 0                  # MM_ANONPAGES, in pages
+        self.swap_ents = 0                 # MM_SWAPENTS
+        self.hiwater_rss = 0
+        self.locked_vm = 0
+        self.registered = False            # MMF_VM_HUGEPAGE: on khugepaged's list
+        self.thp_disable = 0               # 0, or prctl's PR_SET_THP_DISABLE flags + 1
+        self.huge_zero_used = False        # MMF_HUGE_ZERO_FOLIO
+
+    # ---- PMD directory ---------------------------------------------------------------------
+
+    def pmd_slot(self, addr: int, create: bool = True) -> tuple[np.ndarray | None, int]:
+        pud = addr >> PUD_SHIFT
+        arr = self.pmd_dir.get(pud)
+        if arr is None and create:
+            arr = self.pmd_dir[pud] = np.zeros(PTRS_PER_PMD, dtype=np.uint64)
+        return arr, (addr >> PMD_SHIFT) & (PTRS_PER_PMD - 1)
+
+    def get_pmd(self, addr: int) -> int:
+        arr, i = self.pmd_slot(addr, create=False)
+        return 0 if arr is None else int(arr[i])
+
+    def set_pmd(self, addr: int, entry: int) -> None:
+        arr, i = self.pmd_slot(addr)
+        arr[i] = entry
+
+    def regions(self, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+        """(region start, lo, hi) for each 2 MiB region overlapping [start, end)."""
+        r = start & ~(PMD_SIZE - 1)
+        while r < end:
+            yield r, max(start, r), min(end, r + PMD_SIZE)
+            r += PMD_SIZE
+
+    def populated_pmds(self) -> Iterator[tuple[int, int]]:
+        """(region address, entry) for every non-none PMD, ascending."""
+        for pud in sorted(self.pmd_dir):
+            arr = self.pmd_dir[pud]
+            for i in np.nonzero(arr)[0]:
+                yield (pud << PUD_SHIFT) | (int(i) << PMD_SHIFT), int(arr[i])

@@ -1,0 +1,204 @@
+"""Tasks: credentials, the mm, and the system calls a simulated process makes."""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import _engine
+from .constants import (MAP_ANONYMOUS, MAP_POPULATE, MAP_PRIVATE, PR_GET_THP_DISABLE,
+                        PR_SET_THP_DISABLE, PR_THP_DISABLE_EXCEPT_ADVISED, PROT_READ, PROT_WRITE)
+from .madvise import do_madvise
+from .memory import handle_mm_fault_range, zap_page_range, free_pgtables
+from .mm import MM
+from .mmap import do_mmap, do_munmap, do_mprotect
+from .vma import PAGE_SIZE, TASK_SIZE, VM_LOCKED, VM_READ, VM_WRITE
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+CAPABILITIES = frozenset({
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
+    "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+})
+
+
+class SegmentationFault(OSError):
+    """An access the process could not make (SIGSEGV); nothing was changed."""
+
+    def __init__(self, addr: int, why: str):
+        super().__init__(errno.EFAULT, f"Bad address: {why} at {addr:#x}")
+        self.addr = addr
+
+
+def _int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    return int(value)
+
+
+class Process:
+    """A simulated task with its own mm. Created by Machine.spawn() or Process.fork()."""
+
+    def __init__(self, machine: "Machine", pid: int, name: str, uid: int, caps: frozenset[str],
+                 mm: MM | None = None, parent: "Process | None" = None):
+        self.machine = machine
+        self.pid = pid
+        self.name = name
+        self.uid = uid
+        self.caps = caps
+        self.mm = mm if mm is not None else MM(machine)
+        self.parent = parent
+        self.alive = True
+        self.exit_reason: str | None = None
+
+    def __repr__(self) -> str:
+        state = "" if self.alive else f", exited ({self.exit_reason})"
+        return f"Process(pid={self.pid}, name={self.name!r}, uid={self.uid}{state})"
+
+    def _live(self) -> MM:
+        if not self.alive:
+            raise ProcessLookupError(errno.ESRCH, f"No such process: {self.pid} has exited")
+        return self.mm
+
+    # ---- mappings ----------------------------------------------------------------------------
+
+    def mmap(self, length: int, prot: int = PROT_READ | PROT_WRITE,
+             flags: int = MAP_PRIVATE | MAP_ANONYMOUS, addr: int | None = None) -> int:
+        """mmap(2) of private anonymous memory; returns the address."""
+        mm = self._live()
+        length, prot, flags = _int(length, "length"), _int(prot, "prot"), _int(flags, "flags")
+        if addr is not None:
+            addr = _int(addr, "addr")
+        start = do_mmap(self.machine, mm, length, prot, flags, addr)
+        if flags & MAP_POPULATE:
+            vma = mm.vmas.find(start)
+            self.machine.populate(mm, vma, start, start + ((length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)),
+                                  write=bool(vma.flags & VM_WRITE))
+        return start
+
+    def munmap(self, addr: int, length: int) -> None:
+        do_munmap(self.machine, self._live(), _int(addr, "addr"), _int(length, "length"))
+
+    def mprotect(self, addr: int, length: int, prot: int) -> None:
+        do_mprotect(self.machine, self._live(), _int(addr, "addr"), _int(length, "length"),
+                    _int(prot, "prot"))
+
+    def madvise(self, addr: int, length: int, advice: int) -> None:
+        """madvise(2); raises OSError with the kernel's errno."""
+        do_madvise(self.machine, self._live(), _int(addr, "addr"), _int(length, "length"),
+                   _int(advice, "advice"))
+
+    # ---- memory access -----------------------------------------------------------------------
+
+    def _access_range(self, addr: int, length: int, need: int) -> list[tuple]:
+        """Validate that the whole range is accessible; returns (vma, lo, hi) pieces."""
+        mm = self._live()
+        addr, length = _int(addr, "addr"), _int(length, "length")
+        if length < 0:
+            raise ValueError("length must not be negative")
+        if length == 0:
+            return []
+        start = addr & ~(PAGE_SIZE - 1)
+        end = (addr + length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        if start < 0 or end > TASK_SIZE:
+            raise SegmentationFault(addr, "address outside the user address space")
+        pieces, pos = [], start
+        for vma in mm.vmas.overlapping(start, end):
+            if vma.start > pos:
+                raise SegmentationFault(pos, "unmapped address")
+            if vma.flags & need != need:
+                raise SegmentationFault(max(pos, vma.start), "protection forbids the access")
+            pieces.append((vma, pos, min(end, vma.end)))
+            pos = min(end, vma.end)
+        if pos < end:
+            raise SegmentationFault(pos, "unmapped address")
+        return pieces
+
+    def write(self, addr: int, length: int, value: int | None = None) -> None:
+        """Write every page of the range (storing `value`, or fresh non-zero content words)."""
+        if value is not None:
+            value = _int(value, "value")
+            if not 0 <= value <= 0xFFFFFFFF:
+                raise ValueError("value must fit in 32 bits (a content word)")
+        pieces = self._access_range(addr, length, VM_WRITE)
+        m = self.machine
+        if value is None:
+            mode, word = _engine.PY_VALUE_GENERATED, m.next_write_generation()
+        else:
+            mode, word = _engine.PY_VALUE_CONSTANT, value
+        for vma, lo, hi in pieces:
+            handle_mm_fault_range(m, self.mm, vma, lo, hi, True, mode, word, None)
+
+    def read(self, addr: int, length: int) -> np.ndarray:
+        """Read every page of the range; returns one content word per page (0 = zeroes)."""
+        pieces = self._access_range(addr, length, VM_READ)
+        if not pieces:
+            return np.zeros(0, dtype=np.uint32)
+        out = np.zeros((pieces[-1][2] - pieces[0][1]) // PAGE_SIZE, dtype=np.uint32)
+        base = pieces[0][1]
+        for vma, lo, hi in pieces:
+            seg = out[(lo - base) // PAGE_SIZE:(hi - base) // PAGE_SIZE]
+            handle_mm_fault_range(self.machine, self.mm, vma, lo, hi, False, 0, 0, seg)
+        return out
+
+    # ---- process control ---------------------------------------------------------------------
+
+    def prctl(self, option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+        mm = self._live()
+        option = _int(option, "option")
+        if option == PR_SET_THP_DISABLE:
+            if arg4 or arg5:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            if arg2:
+                if arg3 & ~PR_THP_DISABLE_EXCEPT_ADVISED:
+                    raise OSError(errno.EINVAL, "Invalid argument: unknown flags")
+                mm.thp_disable = 1 + arg3
+            else:
+                if arg3:
+                    raise OSError(errno.EINVAL, "Invalid argument")
+                mm.thp_disable = 0
+            return 0
+        if option == PR_GET_THP_DISABLE:
+            if arg2 or arg3 or arg4 or arg5:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            if not mm.thp_disable:
+                return 0
+            return 1 | ((mm.thp_disable - 1) << 1)
+        raise OSError(errno.EINVAL, f"Invalid argument: prctl option {option} is not modelled")
+
+    def exit(self) -> None:
+        """exit_mmap(): unmap everything, free the page tables, leave khugepaged's list."""
+        mm = self._live()
+        m = self.machine
+        for vma in list(mm.vmas):
+            zap_page_range(m, mm, vma.start, vma.end)
+        ranges = [(v.start, v.end) for v in mm.vmas]
+        mm.vmas.remove_range(0, TASK_SIZE)
+        for start, end in ranges:
+            free_pgtables(m, mm, start, end)
+        if mm.registered:
+            m.khugepaged_mm_list.remove(mm)
+            mm.registered = False
+        self.alive = False
+        self.exit_reason = self.exit_reason or "exit"
+
+    # ---- views ---------------------------------------------------------------------------------
+
+    def smaps(self) -> list[dict]:
+        from .task_mmu import smaps_entries
+        return smaps_entries(self.machine, self._live())
+
+    def smaps_rollup(self) -> dict[str, int]:
+        """/proc/PID/smaps_rollup as a dict of kB (and THPeligible-free fields)."""
+        from .task_mmu import smaps_rollup
+        return smaps_rollup(self.machine, self._live())

@@ -1,0 +1,122 @@
+"""Swap-out by MADV_PAGEOUT, deactivation by MADV_COLD and lazy freeing by MADV_FREE
+(mm/madvise.c's madvise_cold_or_pageout_pte_range + mm/vmscan.c's shrink_folio_list, for
+anonymous memory on one swap device)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .huge_memory import HPAGE_PMD_NR, split_huge_pmd
+from .mm import MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_YOUNG, pmd_huge_pfn, pmd_kind, pmd_table_id
+from .vma import PAGE_SHIFT, PMD_SIZE, VMA
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+PTE_PRESENT, PTE_YOUNG, PTE_DIRTY = 0x1, 0x2, 0x4
+
+
+def _thp_exclusive(machine: "Machine", head: int) -> bool:
+    mapcount = machine.page_alloc.zone.frames()["mapcount"]
+    return bool((mapcount[head:head + HPAGE_PMD_NR] == 1).all())
+
+
+def _split_thps_in_table(machine: "Machine", tid: int, i0: int, i1: int) -> None:
+    """Large folios mapped by PTEs in the range are split before reclaim (split_folio)."""
+    zone = machine.page_alloc.zone
+    frames = zone.frames()
+    table = machine.page_tables.table(tid)[i0:i1]
+    present = table[(table & PTE_PRESENT) != 0] >> 4
+    if not present.size:
+        return
+    in_thp = (frames["order"][present & ~np.uint32(511)] == 9) & \
+             ((frames["flags"][present & ~np.uint32(511)] & 0x2) != 0)
+    for head in np.unique(present[in_thp] & ~np.uint32(511)):
+        machine.split_folio(int(head))
+
+
+def madvise_cold_or_pageout(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int,
+                            pageout: bool) -> None:
+    pt = machine.page_tables
+    can_swap = machine.swap_bytes > 0
+    for region, a, b in mm.regions(lo, hi):
+        entry = mm.get_pmd(region)
+        kind = pmd_kind(entry)
+        if entry == 0 or kind == PMD_KIND_HUGE_ZERO:
+            continue
+        if kind == PMD_KIND_HUGE:
+            head = pmd_huge_pfn(entry)
+            if a != region or b != region + PMD_SIZE:
+                # A partial range splits the folio and handles it page by page.
+                if not _thp_exclusive(machine, head):
+                    continue
+                split_huge_pmd(machine, mm, region)
+                machine.split_folio(head)
+            else:
+                if not _thp_exclusive(machine, head):
+                    continue                             # maybe mapped shared: skipped
+                mm.set_pmd(region, entry & ~PMD_YOUNG)
+                if not pageout or not can_swap:
+                    continue
+                split_huge_pmd(machine, mm, region)      # try_to_unmap(TTU_SPLIT_HUGE_PMD)
+                tid = pmd_table_id(mm.get_pmd(region))
+                pt.reset_stats()
+                if pt.swap_out_thp(tid, head) >= 0:
+                    machine.count("thp_swpout")
+                    machine.thp_folio_freed(head)
+                    _account_pageout(machine, mm, pt.get_stats())
+                    continue
+                machine.count("thp_swpout_fallback")
+                machine.split_folio(head)
+                entry = mm.get_pmd(region)
+        tid = pmd_table_id(mm.get_pmd(region))
+        i0, i1 = (a - region) >> PAGE_SHIFT, (b - region) >> PAGE_SHIFT
+        table = pt.table(tid)
+        seg = table[i0:i1]
+        if not pageout or not can_swap:
+            # Deactivate: clear the accessed bit of exclusively mapped pages.
+            present = (seg & PTE_PRESENT) != 0
+            mapcount = machine.page_alloc.zone.frames()["mapcount"]
+            excl = present.copy()
+            excl[present] = mapcount[seg[present] >> 4] == 1
+            seg[excl] &= np.uint32(~PTE_YOUNG & 0xFFFFFFFF)
+            continue
+        _split_thps_in_table(machine, tid, i0, i1)
+        pt.reset_stats()
+        pt.pageout(tid, i0, i1)
+        _account_pageout(machine, mm, pt.get_stats())
+
+
+def _account_pageout(machine: "Machine", mm: MM, stats: dict) -> None:
+    out = stats["swapped_out"]
+    mm.anon_rss -= stats["rss_removed"]
+    mm.swap_ents += out
+    machine.count("pswpout", out)
+
+
+def madvise_free(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int) -> None:
+    """MADV_FREE: exclusive pages become clean and old (lazyfree); a partial THP is split."""
+    pt = machine.page_tables
+    mapcount = machine.page_alloc.zone.frames()["mapcount"]
+    for region, a, b in mm.regions(lo, hi):
+        entry = mm.get_pmd(region)
+        kind = pmd_kind(entry)
+        if entry == 0 or kind == PMD_KIND_HUGE_ZERO:
+            continue
+        if kind == PMD_KIND_HUGE:
+            head = pmd_huge_pfn(entry)
+            if not _thp_exclusive(machine, head):
+                continue
+            if a == region and b == region + PMD_SIZE:
+                mm.set_pmd(region, entry & ~(PMD_YOUNG | PMD_DIRTY))
+                continue
+            split_huge_pmd(machine, mm, region)
+            machine.split_folio(head)
+        seg = pt.table(pmd_table_id(mm.get_pmd(region)))[(a - region) >> 12:(b - region) >> 12]
+        present = (seg & PTE_PRESENT) != 0
+        excl = present.copy()
+        excl[present] = mapcount[seg[present] >> 4] == 1
+        seg[excl] &= np.uint32(~(PTE_YOUNG | PTE_DIRTY) & 0xFFFFFFFF)
+        machine.count("pglazyfree", int(excl.sum()))

@@ -1,0 +1,154 @@
+"""fs/proc/task_mmu.c: /proc/PID/smaps, smaps_rollup and pagemap for simulated processes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .huge_memory import TVA, thp_vma_allowable
+from .mm import MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, PMD_YOUNG, pmd_huge_pfn, pmd_kind, pmd_table_id
+from .vma import PAGE_SHIFT, PMD_SIZE, VM_LOCKED, VMFLAG_NAMES, VMA
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+PSS_SHIFT = 12
+VM_SOFTDIRTY = 0x8000000
+SMAPS_FIELDS = ["Size", "KernelPageSize", "MMUPageSize", "Rss", "Pss", "Pss_Dirty",
+                "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty", "Referenced",
+                "Anonymous", "KSM", "LazyFree", "AnonHugePages", "ShmemPmdMapped", "FilePmdMapped",
+                "Shared_Hugetlb", "Private_Hugetlb", "Swap", "SwapPss", "Locked"]
+ROLLUP_FIELDS = ["Rss", "Pss", "Pss_Dirty", "Pss_Anon", "Pss_File", "Pss_Shmem", "Shared_Clean",
+                 "Shared_Dirty", "Private_Clean", "Private_Dirty", "Referenced", "Anonymous",
+                 "KSM", "LazyFree", "AnonHugePages", "ShmemPmdMapped", "FilePmdMapped",
+                 "Shared_Hugetlb", "Private_Hugetlb", "Swap", "SwapPss", "Locked"]
+
+
+def _account(acc: dict, mapcount: np.ndarray, dirty: np.ndarray, young: np.ndarray,
+             locked: bool) -> None:
+    """smaps_account() over a batch of present 4 KiB pages (bytes, pss << PSS_SHIFT)."""
+    n = mapcount.size
+    if not n:
+        return
+    page = 4096
+    acc["Rss"] += n * page
+    acc["Anonymous"] += n * page
+    acc["Referenced"] += int(young.sum()) * page
+    shared = mapcount >= 2
+    acc["Shared_Dirty"] += int((shared & dirty).sum()) * page
+    acc["Shared_Clean"] += int((shared & ~dirty).sum()) * page
+    acc["Private_Dirty"] += int((~shared & dirty).sum()) * page
+    acc["Private_Clean"] += int((~shared & ~dirty).sum()) * page
+    pss = (page << PSS_SHIFT) // np.maximum(mapcount, 1).astype(np.int64)
+    acc["pss"] += int(pss.sum())
+    acc["pss_dirty"] += int(pss[dirty].sum())
+    if locked:
+        acc["pss_locked"] += int(pss.sum())
+
+
+def vma_stats(machine: "Machine", mm: MM, vma: VMA) -> dict:
+    acc = dict.fromkeys(SMAPS_FIELDS, 0)
+    acc.update(pss=0, pss_dirty=0, pss_locked=0)
+    frames = machine.page_alloc.zone.frames()
+    mapcount_all = frames["mapcount"]
+    pt = machine.page_tables
+    locked = bool(vma.flags & VM_LOCKED)
+    for region, lo, hi in mm.regions(vma.start, vma.end):
+        entry = mm.get_pmd(region)
+        kind = pmd_kind(entry)
+        if entry == 0 or kind == PMD_KIND_HUGE_ZERO:
+            continue
+        if kind == PMD_KIND_HUGE:
+            head = pmd_huge_pfn(entry)
+            mc = mapcount_all[head:head + 512].astype(np.int64)
+            _account(acc, mc, np.full(512, bool(entry & PMD_DIRTY)),
+                     np.full(512, bool(entry & PMD_YOUNG)), locked)
+            acc["AnonHugePages"] += PMD_SIZE
+            continue
+        seg = pt.table(pmd_table_id(entry))[(lo - region) >> PAGE_SHIFT:(hi - region) >> PAGE_SHIFT]
+        present = seg[(seg & 1) != 0]
+        _account(acc, mapcount_all[present >> 4].astype(np.int64), (present & 4) != 0,
+                 (present & 2) != 0, locked)
+        nswap = int(((seg & 0xF) == 2).sum())
+        acc["Swap"] += nswap * 4096
+        acc["SwapPss"] += nswap * 4096
+    acc["Size"] = vma.end - vma.start
+    acc["KernelPageSize"] = acc["MMUPageSize"] = 4096
+    acc["Pss"] = acc["pss"] >> PSS_SHIFT
+    acc["Pss_Dirty"] = acc["pss_dirty"] >> PSS_SHIFT
+    acc["Locked"] = acc["pss_locked"] >> PSS_SHIFT
+    return acc
+
+
+def _vmflags(vma: VMA) -> str:
+    flags = vma.flags | VM_SOFTDIRTY
+    names = [name for bit, name in VMFLAG_NAMES if flags & bit]
+    if flags & 0x8000:
+        names.insert(names.index("mr") if "mr" in names else len(names), "sr")
+    if flags & 0x10000:
+        names.insert(names.index("mr") if "mr" in names else len(names), "rr")
+    # soft-dirty ("sd") prints after "ac"/"nr" and before "hg"/"nh", as show_smap_vma_flags orders it
+    order = ["rd", "wr", "ex", "sh", "mr", "mw", "me", "ms", "gd", "pf", "lo", "io", "sr", "rr",
+             "dc", "de", "ac", "nr", "ht", "sf", "nl", "ar", "wf", "dd", "bt", "mg", "um", "uw",
+             "ss", "sd", "mm", "hg", "nh", "mg"]
+    names = sorted(set(names) | {"sd"}, key=order.index)
+    return " ".join(names) + " "
+
+
+def smaps_entries(machine: "Machine", mm: MM) -> list[dict]:
+    out = []
+    for vma in mm.vmas:
+        st = vma_stats(machine, mm, vma)
+        entry = {k: st[k] // 1024 for k in SMAPS_FIELDS}
+        entry["start"], entry["end"] = vma.start, vma.end
+        entry["THPeligible"] = int(thp_vma_allowable(machine, mm, vma, TVA.SMAPS))
+        entry["VmFlags"] = _vmflags(vma).split()
+        out.append(entry)
+    return out
+
+
+def _perm(vma: VMA) -> str:
+    f = vma.flags
+    return ("r" if f & 1 else "-") + ("w" if f & 2 else "-") + ("x" if f & 4 else "-") + "p"
+
+
+def render_smaps(machine: "Machine", mm: MM) -> str:
+    lines = []
+    for vma in mm.vmas:
+        st = vma_stats(machine, mm, vma)
+        lines.append(f"{vma.start:08x}-{vma.end:08x} {_perm(vma)} 00000000 00:00 0 \n")
+        for k in SMAPS_FIELDS:
+            lines.append(f"{k + ':':<16}{st[k] // 1024:8d} kB\n")
+        lines.append(f"{'THPeligible:':<16}{int(thp_vma_allowable(machine, mm, vma, TVA.SMAPS)):8d}\n")
+        lines.append(f"VmFlags: {_vmflags(vma)}\n")
+    return "".join(lines)
+
+
+def smaps_rollup(machine: "Machine", mm: MM) -> dict[str, int]:
+    acc = dict.fromkeys(SMAPS_FIELDS, 0)
+    pss = pss_dirty = pss_locked = 0
+    for vma in mm.vmas:
+        st = vma_stats(machine, mm, vma)
+        for k in SMAPS_FIELDS:
+            acc[k] += st[k]
+        pss += st["pss"]
+        pss_dirty += st["pss_dirty"]
+        pss_locked += st["pss_locked"]
+    out = {k: acc.get(k, 0) // 1024 for k in ROLLUP_FIELDS}
+    out["Pss"] = out["Pss_Anon"] = (pss >> PSS_SHIFT) // 1024
+    out["Pss_Dirty"] = (pss_dirty >> PSS_SHIFT) // 1024
+    out["Pss_File"] = out["Pss_Shmem"] = 0
+    out["Locked"] = (pss_locked >> PSS_SHIFT) // 1024
+    return out
+
+
+def render_smaps_rollup(machine: "Machine", mm: MM) -> str:
+    if not len(mm.vmas):
+        return ""
+    lo = min(v.start for v in mm.vmas)
+    hi = max(v.end for v in mm.vmas)
+    r = smaps_rollup(machine, mm)
+    lines = [f"{lo:08x}-{hi:08x} ---p 00000000 00:00 0                          [rollup]\n"]
+    lines += [f"{k + ':':<16}{r[k]:8d} kB\n" for k in ROLLUP_FIELDS]
+    return "".join(lines)
