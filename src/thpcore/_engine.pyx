@@ -1124,6 +1124,27 @@ cdef class PageTables:
                     freed += 1
         return freed
 
+    def copy_table(self, int64_t src, int64_t dst):
+        """copy_pte_range() for a private mapping: every present page is write-protected in
+        both tables and marked old in the child; swap entries gain a reference."""
+        self._check_tid(src)
+        self._check_tid(dst)
+        cdef int64_t i, sb = src * PTRS_PER_PTE, db = dst * PTRS_PER_PTE
+        cdef uint32_t pte
+        with nogil:
+            for i in range(PTRS_PER_PTE):
+                pte = self.ptes[sb + i]
+                if pte & PTE_PRESENT:
+                    pte &= ~(<uint32_t>PTE_WRITE)
+                    self.ptes[sb + i] = pte
+                    self.ptes[db + i] = pte & ~(<uint32_t>PTE_YOUNG)
+                    self.zone.mapcount[pte >> PTE_PFN_SHIFT] += 1
+                elif (pte & 0xF) == PTE_KIND_SWAP:
+                    self.swap_map[pte >> PTE_PFN_SHIFT] += 1
+                    self.ptes[db + i] = pte
+                else:
+                    self.ptes[db + i] = pte
+
     def put_frame(self, uint32_t pfn):
         """Drop one mapping of a user frame (used by PMD-level zaps in the kernel model)."""
         if pfn >= self.zone.nr_pages or not (self.zone.flags[pfn] & PG_lru) or self.zone.mapcount[pfn] <= 0:

@@ -202,3 +202,113 @@ class Process:
         """/proc/PID/smaps_rollup as a dict of kB (and THPeligible-free fields)."""
         from .task_mmu import smaps_rollup
         return smaps_rollup(self.machine, self._live())
+
+
+def dup_mm(machine: "Machine", parent: MM, child: MM) -> None:
+    """dup_mmap() + copy_page_range() for private anonymous memory."""
+    from .mm import (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_WRITE, PMD_YOUNG, make_huge_pmd,
+                     make_huge_zero_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind, pmd_table_id)
+    from .memory import OutOfMemory
+    from .vma import VM_DONTCOPY, VM_WIPEONFORK, VMA
+
+    pt = machine.page_tables
+    for v in parent.vmas:
+        if v.flags & VM_DONTCOPY:
+            continue
+        child.vmas.insert(VMA(v.start, v.end, v.flags & ~VM_LOCKED,
+                              machine.new_anon_vma_id() if v.anon_vma is not None else None))
+    for region, entry in list(parent.populated_pmds()):
+        vma = child.vmas.find(region) or next(iter(child.vmas.overlapping(region, region + (2 << 20))), None)
+        if vma is None:
+            continue                       # only VM_DONTCOPY VMAs touch this region
+        if all(v.flags & VM_WIPEONFORK for v in child.vmas.overlapping(region, region + (2 << 20))):
+            continue
+        tid = pt.new_table()
+        if tid < 0:
+            raise OutOfMemory("no memory for a page table during fork")
+        kind = pmd_kind(entry)
+        if kind == PMD_KIND_HUGE:
+            head = pmd_huge_pfn(entry)
+            parent.set_pmd(region, entry & ~PMD_WRITE)
+            child.set_pmd(region, make_huge_pmd(head, tid, entry & 0x1C & ~PMD_WRITE & ~PMD_YOUNG))
+            pt.map_thp(head, 1)
+            machine.thp_pmd_mappings[head] += 1
+            child.anon_rss += 512
+        elif kind == PMD_KIND_HUGE_ZERO:
+            child.set_pmd(region, make_huge_zero_pmd(tid))
+            child.huge_zero_used = True
+        else:
+            src = pmd_table_id(entry)
+            pt.copy_table(src, tid)
+            child.set_pmd(region, make_table_pmd(tid))
+            t = pt.table(tid)
+            child.anon_rss += int(((t & 1) != 0).sum())
+            child.swap_ents += int(((t & 0xF) == 2).sum())
+            # Ranges of VM_DONTCOPY / VM_WIPEONFORK VMAs sharing this region are not copied.
+            for v in parent.vmas.overlapping(region, region + (2 << 20)):
+                if v.flags & (VM_DONTCOPY | VM_WIPEONFORK):
+                    lo, hi = max(v.start, region), min(v.end, region + (2 << 20))
+                    pt.reset_stats()
+                    pt.zap(tid, (lo - region) >> 12, (hi - region) >> 12)
+                    st = pt.get_stats()
+                    child.anon_rss -= st["rss_removed"]
+                    child.swap_ents -= st["swap_ptes_zapped"]
+    child.hiwater_rss = child.anon_rss
+    child.thp_disable = parent.thp_disable
+    if parent.registered:
+        child.registered = True
+        machine.khugepaged_mm_list.append(child)
+
+
+def _fork(self: Process) -> Process:
+    """fork(2): a child with a copy-on-write copy of the address space."""
+    mm = self._live()
+    child = self.machine.spawn(name=self.name, uid=self.uid, caps=self.caps)
+    child.parent = self
+    dup_mm(self.machine, mm, child.mm)
+    return child
+
+
+Process.fork = _fork
+
+
+def _mlock(self: Process, addr: int, length: int) -> None:
+    """mlock(2): lock the VMAs of the range and populate them (write faults where writable)."""
+    from .madvise import _set_vma_flags
+    mm = self._live()
+    addr, length = _int(addr, "addr"), _int(length, "length")
+    start = addr & ~(PAGE_SIZE - 1)
+    end = (addr + length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    if end < start or end > TASK_SIZE:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+    if end == start:
+        return
+    if not mm.vmas.covered(start, end):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory: range not fully mapped")
+    for vma in mm.vmas.overlapping(start, end):
+        lo, hi = max(start, vma.start), min(end, vma.end)
+        vma = _set_vma_flags(self.machine, mm, vma, lo, hi, VM_LOCKED, 0)
+    for vma in mm.vmas.overlapping(start, end):
+        lo, hi = max(start, vma.start), min(end, vma.end)
+        if vma.flags & (VM_READ | VM_WRITE):
+            self.machine.populate(mm, vma, lo, hi, write=bool(vma.flags & VM_WRITE))
+
+
+def _munlock(self: Process, addr: int, length: int) -> None:
+    from .madvise import _set_vma_flags
+    mm = self._live()
+    addr, length = _int(addr, "addr"), _int(length, "length")
+    start = addr & ~(PAGE_SIZE - 1)
+    end = (addr + length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    if end < start or end > TASK_SIZE:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+    if end == start:
+        return
+    if not mm.vmas.covered(start, end):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory: range not fully mapped")
+    for vma in mm.vmas.overlapping(start, end):
+        _set_vma_flags(self.machine, mm, vma, max(start, vma.start), min(end, vma.end), 0, VM_LOCKED)
+
+
+Process.mlock = _mlock
+Process.munlock = _munlock

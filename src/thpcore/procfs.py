@@ -108,6 +108,24 @@ class Procfs:
             "/proc/vmstat": lambda: m.vmstat.render(),
         }
 
+    def _task_file(self, path: str):
+        m = re.fullmatch(r"/proc/(\d+|self)/(smaps|smaps_rollup)", path)
+        if not m:
+            return None
+        if m.group(1) == "self":
+            raise FileNotFoundError(errno.ENOENT, "the simulator has no current task", path)
+        proc = self._m.process(int(m.group(1)))
+        from .task_mmu import render_smaps, render_smaps_rollup
+        return (render_smaps if m.group(2) == "smaps" else render_smaps_rollup)(self._m, proc.mm)
+
+    def pagemap(self, pid: int, addr: int, length: int) -> np.ndarray:
+        """/proc/PID/pagemap entries (uint64) for the pages of [addr, addr + length)."""
+        from .task_mmu import pagemap
+        proc = self._m.process(pid)
+        start = addr & ~4095
+        end = (addr + length + 4095) & ~4095
+        return pagemap(self._m, proc.mm, start, end)
+
     def read(self, path: str) -> str:
         if not isinstance(path, str):
             raise TypeError(f"path must be a str, not {type(path).__name__}")
@@ -115,6 +133,9 @@ class Procfs:
         files = self._files()
         if path in files:
             return files[path]()
+        text = self._task_file(path)
+        if text is not None:
+            return text
         if posixpath.dirname(path) == self.SYSCTL_VM and path in self._m.sysctl.paths():
             return self._m.sysctl.read(path)
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)

@@ -152,3 +152,51 @@ def render_smaps_rollup(machine: "Machine", mm: MM) -> str:
     lines = [f"{lo:08x}-{hi:08x} ---p 00000000 00:00 0                          [rollup]\n"]
     lines += [f"{k + ':':<16}{r[k]:8d} kB\n" for k in ROLLUP_FIELDS]
     return "".join(lines)
+
+
+PM_PRESENT = 1 << 63
+PM_SWAP = 1 << 62
+PM_MMAP_EXCLUSIVE = 1 << 56
+PM_SOFT_DIRTY = 1 << 55
+
+
+def pagemap(machine: "Machine", mm: MM, start: int, end: int) -> np.ndarray:
+    """/proc/PID/pagemap entries for [start, end) as the kernel encodes them (read by root):
+    present pages carry their pfn, swap entries type 0 and their offset, the zero page the
+    zero pfn (one past the last frame), and exclusively mapped pages PM_MMAP_EXCLUSIVE."""
+    n = (end - start) >> PAGE_SHIFT
+    out = np.zeros(n, dtype=np.uint64)
+    mapcount = machine.page_alloc.zone.frames()["mapcount"]
+    zero_pfn = machine.nr_pages
+    pt = machine.page_tables
+    for region, lo, hi in mm.regions(start, end):
+        if mm.vmas.find(lo) is None and not mm.vmas.overlapping(lo, hi):
+            continue
+        entry = mm.get_pmd(region)
+        kind = pmd_kind(entry)
+        o = out[(lo - start) >> PAGE_SHIFT:(hi - start) >> PAGE_SHIFT]
+        i0, i1 = (lo - region) >> PAGE_SHIFT, (hi - region) >> PAGE_SHIFT
+        if kind == PMD_KIND_HUGE:
+            pfns = pmd_huge_pfn(entry) + np.arange(i0, i1, dtype=np.uint64)
+            excl = mapcount[pfns.astype(np.int64)] == 1
+            o[:] = PM_PRESENT | PM_SOFT_DIRTY | pfns | np.where(excl, PM_MMAP_EXCLUSIVE, 0).astype(np.uint64)
+        elif kind == PMD_KIND_HUGE_ZERO:
+            o[:] = PM_PRESENT | PM_SOFT_DIRTY | (np.uint64(machine.huge_zero_pfn) + np.arange(i0, i1, dtype=np.uint64))
+        elif kind == PMD_KIND_TABLE:
+            seg = pt.table(pmd_table_id(entry))[i0:i1].astype(np.uint64)
+            present = (seg & 1) != 0
+            swap = (seg & 0xF) == 2
+            zero = (seg & 0xF) == 4
+            pfn = seg >> np.uint64(4)
+            excl = np.zeros_like(present)
+            excl[present] = mapcount[pfn[present].astype(np.int64)] == 1
+            o[present] = PM_PRESENT | PM_SOFT_DIRTY | pfn[present]
+            o[present & excl] |= np.uint64(PM_MMAP_EXCLUSIVE)
+            o[swap] = PM_SWAP | PM_SOFT_DIRTY | (pfn[swap] << np.uint64(5))
+            o[zero] = PM_PRESENT | PM_SOFT_DIRTY | np.uint64(zero_pfn)
+    # Pages of VMAs that were never touched read as soft-dirty only.
+    for vma in mm.vmas.overlapping(start, end):
+        lo, hi = max(start, vma.start), min(end, vma.end)
+        seg = out[(lo - start) >> PAGE_SHIFT:(hi - start) >> PAGE_SHIFT]
+        seg[seg == 0] = PM_SOFT_DIRTY
+    return out
