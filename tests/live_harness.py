@@ -32,8 +32,9 @@ anonymous mmaps are placed top-down and anonymous VMAs with equal flags merge wi
 neighbours, so two Regions made one after the other are often ONE VMA in /proc/self/maps;
 a hole munmapped inside a region near mmap_base can be refilled by the interpreter's own
 mmaps (use ``Region.at`` far below mmap_base before applying destructive advice to holes), and
-a huge madvise length zaps every VMA above the start (do that only above [stack] or in a
-forked child).  ``Region.smaps()`` refuses (``partial="error"``) to sum a VMA that sticks out of the
+a huge madvise length (e.g. 1<<62) applies the advice to every VMA above the start, so
+MADV_DONTNEED with it wipes the interpreter (probe such lengths only from a region above [stack]
+or in a forked child).  ``Region.smaps()`` refuses (``partial="error"``) to sum a VMA that sticks out of the
 region unless told ``partial="include"`` or ``partial="exclude"``.  Use ``Region.aligned()``
 (which keeps PROT_NONE guards on both sides) to get an isolated, 2 MiB-aligned VMA.
 """

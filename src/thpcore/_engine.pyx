@@ -1247,9 +1247,12 @@ cdef class PageTables:
                     return f"pfn {int(orphan[0])} is an unmapped order-0 user page"
         if self.swap_slots:
             sm = np.asarray(self.swap_map).astype(np.int64)
-            if not np.array_equal(sm, swap_refs_np[:self.swap_slots]):
-                s = int(np.nonzero(sm != swap_refs_np[:self.swap_slots])[0][0])
-                return f"swap slot {s}: swap_map {sm[s]} but {swap_refs_np[s]} swap PTEs"
+            if sm[0] != 0xFF or swap_refs_np[0]:
+                return "swap slot 0 (the header) is in use"
+            sm, refs = sm[1:], swap_refs_np[1:self.swap_slots]
+            if not np.array_equal(sm, refs):
+                s = int(np.nonzero(sm != refs)[0][0])
+                return f"swap slot {s + 1}: swap_map {sm[s]} but {refs[s]} swap PTEs"
             if int((sm > 0).sum()) != self.swap_used:
                 return "swap_used disagrees with swap_map"
         return None

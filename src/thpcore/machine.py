@@ -28,7 +28,7 @@ MAX_MEMORY = 1 << 40
 MAX_SWAP = (1 << 40) - PAGE_SIZE
 
 # The vmstat events the simulator counts so far (all start at 0, as after boot).
-EVENTS = ("pswpin", "pswpout", "pglazyfree", "thp_fault_alloc", "thp_fault_fallback",
+EVENTS = ("pswpout", "pglazyfree", "thp_fault_alloc", "thp_fault_fallback",
           "thp_fault_fallback_charge", "thp_split_page", "thp_split_page_failed",
           "thp_deferred_split_page", "thp_split_pmd", "thp_zero_page_alloc",
           "thp_zero_page_alloc_failed", "thp_swpout", "thp_swpout_fallback")
@@ -45,10 +45,13 @@ class Machine:
 
     `transparent_hugepage` is the boot-time THP mode (the kernel command line parameter of the
     same name; the Kconfig default of the distribution this models is "madvise").
+    `swap_device` is "file" (a swap file: THPs are split before swap-out, as the live host
+    showed) or "blockdev" (a swap partition: a THP can swap out whole into one cluster).
     """
 
     def __init__(self, memory: int | str = "4G", swap: int | str | None = None, seed: int = 0,
-                 kernel: str = "6.18", transparent_hugepage: str = "madvise"):
+                 kernel: str = "6.18", transparent_hugepage: str = "madvise",
+                 swap_device: str = "file"):
         nbytes = parse_size(memory, what="memory")
         if nbytes % PAGEBLOCK_BYTES:
             raise ValueError(f"memory must be a multiple of 2 MiB (one pageblock), got {nbytes}")
@@ -61,6 +64,10 @@ class Machine:
             raise ValueError("swap must be a multiple of 4 KiB")
         if self.swap_bytes > MAX_SWAP:
             raise ValueError("swap must be below 1 TiB")
+        if swap_device not in ("file", "blockdev"):
+            raise ValueError("swap_device must be 'file' or 'blockdev'")
+        # A swap file cannot take large (THP) swap entries; a block device can (SWP_BLKDEV).
+        self.swap_device = swap_device
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise TypeError("seed must be a non-negative int")
         if kernel not in KERNELS:

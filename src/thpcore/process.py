@@ -173,7 +173,7 @@ class Process:
                 raise OSError(errno.EINVAL, "Invalid argument")
             if not mm.thp_disable:
                 return 0
-            return 1 | ((mm.thp_disable - 1) << 1)
+            return 1 | (mm.thp_disable - 1)
         raise OSError(errno.EINVAL, f"Invalid argument: prctl option {option} is not modelled")
 
     def exit(self) -> None:

@@ -63,7 +63,7 @@ def madvise_cold_or_pageout(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: i
                 split_huge_pmd(machine, mm, region)      # try_to_unmap(TTU_SPLIT_HUGE_PMD)
                 tid = pmd_table_id(mm.get_pmd(region))
                 pt.reset_stats()
-                if pt.swap_out_thp(tid, head) >= 0:
+                if machine.swap_device == "blockdev" and pt.swap_out_thp(tid, head) >= 0:
                     machine.count("thp_swpout")
                     machine.thp_folio_freed(head)
                     _account_pageout(machine, mm, pt.get_stats())

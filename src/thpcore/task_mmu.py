@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     from .machine import Machine
 
 PSS_SHIFT = 12
-VM_SOFTDIRTY = 0x8000000
 SMAPS_FIELDS = ["Size", "KernelPageSize", "MMUPageSize", "Rss", "Pss", "Pss_Dirty",
                 "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty", "Referenced",
                 "Anonymous", "KSM", "LazyFree", "AnonHugePages", "ShmemPmdMapped", "FilePmdMapped",
@@ -82,17 +81,17 @@ def vma_stats(machine: "Machine", mm: MM, vma: VMA) -> dict:
 
 
 def _vmflags(vma: VMA) -> str:
-    flags = vma.flags | VM_SOFTDIRTY
-    names = [name for bit, name in VMFLAG_NAMES if flags & bit]
-    if flags & 0x8000:
-        names.insert(names.index("mr") if "mr" in names else len(names), "sr")
-    if flags & 0x10000:
-        names.insert(names.index("mr") if "mr" in names else len(names), "rr")
-    # soft-dirty ("sd") prints after "ac"/"nr" and before "hg"/"nh", as show_smap_vma_flags orders it
-    order = ["rd", "wr", "ex", "sh", "mr", "mw", "me", "ms", "gd", "pf", "lo", "io", "sr", "rr",
-             "dc", "de", "ac", "nr", "ht", "sf", "nl", "ar", "wf", "dd", "bt", "mg", "um", "uw",
-             "ss", "sd", "mm", "hg", "nh", "mg"]
-    names = sorted(set(names) | {"sd"}, key=order.index)
+    """show_smap_vma_flags(): two-letter codes in the kernel's bit order (this kernel has no
+    soft-dirty tracking, so no "sd")."""
+    names = []
+    for bit, name in VMFLAG_NAMES:
+        if vma.flags & bit:
+            names.append(name)
+        if name == "lo":                       # VM_SEQ_READ / VM_RAND_READ follow VM_LOCKED
+            if vma.flags & 0x8000:
+                names.append("sr")
+            if vma.flags & 0x10000:
+                names.append("rr")
     return " ".join(names) + " "
 
 
@@ -157,7 +156,6 @@ def render_smaps_rollup(machine: "Machine", mm: MM) -> str:
 PM_PRESENT = 1 << 63
 PM_SWAP = 1 << 62
 PM_MMAP_EXCLUSIVE = 1 << 56
-PM_SOFT_DIRTY = 1 << 55
 
 
 def pagemap(machine: "Machine", mm: MM, start: int, end: int) -> np.ndarray:
@@ -179,9 +177,9 @@ def pagemap(machine: "Machine", mm: MM, start: int, end: int) -> np.ndarray:
         if kind == PMD_KIND_HUGE:
             pfns = pmd_huge_pfn(entry) + np.arange(i0, i1, dtype=np.uint64)
             excl = mapcount[pfns.astype(np.int64)] == 1
-            o[:] = PM_PRESENT | PM_SOFT_DIRTY | pfns | np.where(excl, PM_MMAP_EXCLUSIVE, 0).astype(np.uint64)
+            o[:] = PM_PRESENT | pfns | np.where(excl, PM_MMAP_EXCLUSIVE, 0).astype(np.uint64)
         elif kind == PMD_KIND_HUGE_ZERO:
-            o[:] = PM_PRESENT | PM_SOFT_DIRTY | (np.uint64(machine.huge_zero_pfn) + np.arange(i0, i1, dtype=np.uint64))
+            o[:] = PM_PRESENT | (np.uint64(machine.huge_zero_pfn) + np.arange(i0, i1, dtype=np.uint64))
         elif kind == PMD_KIND_TABLE:
             seg = pt.table(pmd_table_id(entry))[i0:i1].astype(np.uint64)
             present = (seg & 1) != 0
@@ -190,13 +188,8 @@ def pagemap(machine: "Machine", mm: MM, start: int, end: int) -> np.ndarray:
             pfn = seg >> np.uint64(4)
             excl = np.zeros_like(present)
             excl[present] = mapcount[pfn[present].astype(np.int64)] == 1
-            o[present] = PM_PRESENT | PM_SOFT_DIRTY | pfn[present]
+            o[present] = PM_PRESENT | pfn[present]
             o[present & excl] |= np.uint64(PM_MMAP_EXCLUSIVE)
-            o[swap] = PM_SWAP | PM_SOFT_DIRTY | (pfn[swap] << np.uint64(5))
-            o[zero] = PM_PRESENT | PM_SOFT_DIRTY | np.uint64(zero_pfn)
-    # Pages of VMAs that were never touched read as soft-dirty only.
-    for vma in mm.vmas.overlapping(start, end):
-        lo, hi = max(start, vma.start), min(end, vma.end)
-        seg = out[(lo - start) >> PAGE_SHIFT:(hi - start) >> PAGE_SHIFT]
-        seg[seg == 0] = PM_SOFT_DIRTY
+            o[swap] = PM_SWAP | (pfn[swap] << np.uint64(5))
+            o[zero] = PM_PRESENT | np.uint64(zero_pfn)
     return out
