@@ -1,0 +1,167 @@
+"""Random sequences of mmap, munmap, mprotect, write, read, madvise, fork and exit across
+several processes, with Machine.check() after every step and a model of every page's content."""
+
+import errno
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+import thpcore
+from thpcore import (MADV_COLD, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE,
+                     MADV_PAGEOUT, PROT_NONE, PROT_READ, PROT_WRITE, SegmentationFault)
+
+PAGE = 4096
+MB = 1 << 20
+ADVICE = [MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTNEED, MADV_COLD, MADV_PAGEOUT, MADV_FREE, 0]
+
+
+class ProcessMachine(RuleBasedStateMachine):
+    """The model: for each live process, {page address: content word} of every page that holds
+    data (absent = zeroes), and the set of mapped pages with their protection."""
+
+    @initialize(enabled=st.sampled_from(["always", "madvise", "never"]),
+                zero=st.booleans(), blockdev=st.booleans())
+    def boot(self, enabled, zero, blockdev):
+        self.m = thpcore.Machine("128M", swap="16M", seed=0, transparent_hugepage=enabled,
+                                 swap_device="blockdev" if blockdev else "file")
+        self.m.thp.enabled = enabled
+        self.m.thp.use_zero_page = int(zero)
+        self.procs = {}
+        self.content = {}
+        self.areas = {}          # pid -> list of (addr, length)
+        self._spawn()
+
+    def _spawn(self):
+        p = self.m.spawn()
+        self.procs[p.pid] = p
+        self.content[p.pid] = {}
+        self.areas[p.pid] = []
+        return p
+
+    def _pick(self, data):
+        pid = data.draw(st.sampled_from(sorted(self.procs)))
+        return self.procs[pid]
+
+    def _range(self, data, p):
+        addr, length = data.draw(st.sampled_from(self.areas[p.pid]))
+        lo = data.draw(st.integers(0, length // PAGE - 1))
+        n = data.draw(st.integers(1, length // PAGE - lo))
+        return addr + lo * PAGE, n * PAGE
+
+    @precondition(lambda self: len(self.procs) < 4)
+    @rule()
+    def spawn(self):
+        self._spawn()
+
+    @rule(data=st.data(), pages=st.sampled_from([1, 7, 512, 513, 1024, 1536]))
+    def mmap(self, data, pages):
+        p = self._pick(data)
+        addr = p.mmap(pages * PAGE)
+        self.areas[p.pid].append((addr, pages * PAGE))
+
+    @precondition(lambda self: any(self.areas.values()))
+    @rule(data=st.data(), value=st.one_of(st.none(), st.integers(0, 2 ** 32 - 1)))
+    def write(self, data, value):
+        p = self._pick(data)
+        if not self.areas[p.pid]:
+            return
+        addr, length = self._range(data, p)
+        try:
+            p.write(addr, length, value)
+        except SegmentationFault:
+            return          # mprotect'ed or unmapped part: nothing changed
+        words = p.read(addr, length) if value is None else None
+        for i in range(length // PAGE):
+            w = value if value is not None else int(words[i])
+            if w:
+                self.content[p.pid][addr + i * PAGE] = w
+            else:
+                self.content[p.pid].pop(addr + i * PAGE, None)
+
+    @precondition(lambda self: any(self.areas.values()))
+    @rule(data=st.data())
+    def read(self, data):
+        p = self._pick(data)
+        if not self.areas[p.pid]:
+            return
+        addr, length = self._range(data, p)
+        try:
+            words = p.read(addr, length)
+        except SegmentationFault:
+            return
+        for i in range(length // PAGE):
+            assert int(words[i]) == self.content[p.pid].get(addr + i * PAGE, 0), hex(addr + i * PAGE)
+
+    @precondition(lambda self: any(self.areas.values()))
+    @rule(data=st.data(), advice=st.sampled_from(ADVICE))
+    def madvise(self, data, advice):
+        p = self._pick(data)
+        if not self.areas[p.pid]:
+            return
+        addr, length = self._range(data, p)
+        try:
+            p.madvise(addr, length, advice)
+        except OSError as e:
+            assert e.errno in (errno.ENOMEM, errno.EINVAL)
+        if advice == MADV_DONTNEED:
+            for a in range(addr, addr + length, PAGE):
+                if p.mm.vmas.find(a) is not None and not p.mm.vmas.find(a).flags & 0x2000:
+                    self.content[p.pid].pop(a, None)
+
+    @precondition(lambda self: any(self.areas.values()))
+    @rule(data=st.data(), prot=st.sampled_from([PROT_NONE, PROT_READ, PROT_READ | PROT_WRITE]))
+    def mprotect(self, data, prot):
+        p = self._pick(data)
+        if not self.areas[p.pid]:
+            return
+        addr, length = self._range(data, p)
+        try:
+            p.mprotect(addr, length, prot)
+        except OSError as e:
+            assert e.errno == errno.ENOMEM
+
+    @precondition(lambda self: any(self.areas.values()))
+    @rule(data=st.data())
+    def munmap(self, data):
+        p = self._pick(data)
+        if not self.areas[p.pid]:
+            return
+        addr, length = self._range(data, p)
+        p.munmap(addr, length)
+        for a in range(addr, addr + length, PAGE):
+            self.content[p.pid].pop(a, None)
+
+    @precondition(lambda self: len(self.procs) < 4)
+    @rule(data=st.data())
+    def fork(self, data):
+        p = self._pick(data)
+        c = p.fork()
+        self.procs[c.pid] = c
+        self.content[c.pid] = dict(self.content[p.pid])
+        self.areas[c.pid] = list(self.areas[p.pid])
+
+    @precondition(lambda self: len(self.procs) > 1)
+    @rule(data=st.data())
+    def exit(self, data):
+        p = self._pick(data)
+        p.exit()
+        del self.procs[p.pid], self.content[p.pid], self.areas[p.pid]
+
+    @invariant()
+    def consistent(self):
+        self.m.check()
+
+    def teardown(self):
+        for p in list(self.procs.values()):
+            p.exit()
+        self.m.check()
+        zero = 0 if self.m.huge_zero_pfn is None else 512
+        assert self.m.page_alloc.zone.nr_free_pages == self.m.nr_pages - zero
+        assert self.m.page_tables.swap_used == 0
+
+
+TestProcessMachine = ProcessMachine.TestCase
+TestProcessMachine.settings = settings(max_examples=80, stateful_step_count=30, deadline=None,
+                                       suppress_health_check=[HealthCheck.too_slow,
+                                                              HealthCheck.filter_too_much])
