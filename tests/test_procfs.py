@@ -82,3 +82,20 @@ def test_state_hash_is_deterministic_and_sensitive():
     assert run(0) == run(0)
     assert run(0) != run(1)                 # a different seed shuffles the frees differently
     assert run(0) != run(0, extra=True)     # knobs are part of the state
+
+
+def test_meminfo():
+    from thpcore.procfs import parse_meminfo
+    m = thpcore.Machine("1G", swap="64M")
+    p = m.spawn()
+    a = p.mmap(4 << 20)
+    p.madvise(a, 4 << 20, thpcore.MADV_HUGEPAGE)
+    p.write(a, 3 << 20)
+    text = m.procfs.read("/proc/meminfo")
+    assert text.startswith("MemTotal:        1048576 kB\n")
+    info = parse_meminfo(text)
+    assert info["AnonHugePages"] == 4096 and info["AnonPages"] == 4096   # 2nd region: whole THP
+    assert info["SwapTotal"] == 65532 and info["SwapFree"] == 65532     # slot 0 is the header
+    assert info["PageTables"] == 8                                          # two tables
+    assert list(info) == ["MemTotal", "MemFree", "SwapTotal", "SwapFree", "AnonPages",
+                          "PageTables", "AnonHugePages"]

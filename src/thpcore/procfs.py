@@ -90,6 +90,33 @@ def parse_pagetypeinfo(text: str) -> dict:
     return {"pageblock_order": order, "free": free, "blocks": blocks}
 
 
+def render_meminfo(m: "Machine") -> str:
+    """The /proc/meminfo fields the simulator models, in the kernel's order and format
+    (show_val_kb: "%-16s%8lu kB"); unmodelled fields are left out rather than shown as 0."""
+    pt = m.page_tables
+    swap_total = max(pt.swap_slots - 1, 0)
+    fields = [
+        ("MemTotal", m.nr_pages),
+        ("MemFree", m.page_alloc.zone.nr_free_pages),
+        ("SwapTotal", swap_total),
+        ("SwapFree", swap_total - pt.swap_used),
+        ("AnonPages", m.vmstat["nr_anon_pages"]),
+        ("PageTables", pt.nr_tables),
+        ("AnonHugePages", len(m.thp_pmd_mappings) * 512),
+    ]
+    return "".join(f"{name + ':':<16}{pages * 4:8d} kB\n" for name, pages in fields)
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """{field: value} from /proc/meminfo text (kB, or a count for the HugePages_ lines)."""
+    out = {}
+    for line in text.splitlines():
+        if ":" in line:
+            name, rest = line.split(":", 1)
+            out[name] = int(rest.split()[0])
+    return out
+
+
 class Procfs:
     """m.procfs.read(path) for the /proc files the simulator models."""
 
@@ -106,6 +133,7 @@ class Procfs:
             "/proc/pagetypeinfo": lambda: render_pagetypeinfo(zone.free_area(),
                                                               zone.pageblock_counts()),
             "/proc/vmstat": lambda: m.vmstat.render(),
+            "/proc/meminfo": lambda: render_meminfo(m),
         }
 
     def _task_file(self, path: str):
@@ -151,5 +179,5 @@ class Procfs:
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
 
 
-__all__ = ["Procfs", "parse_buddyinfo", "parse_pagetypeinfo", "parse_vmstat",
+__all__ = ["Procfs", "parse_buddyinfo", "parse_meminfo", "parse_pagetypeinfo", "parse_vmstat",
            "render_buddyinfo", "render_pagetypeinfo"]
