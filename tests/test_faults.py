@@ -464,3 +464,27 @@ def test_spawn_validates_credentials(m):
         m.spawn(caps="CAP_SYS_NICE")
     with pytest.raises(ValueError):
         m.spawn(uid=-1)
+
+
+def test_split_maps_zero_subpages_to_the_zero_page(m):
+    p = m.spawn()
+    addr = thp_region(p, 2 * MB)
+    p.write(addr, MB, value=0)                   # written, but full of zeroes
+    p.write(addr + MB, MB, value=5)
+    assert rollup(p)["AnonHugePages"] == 2048 and rollup(p)["Rss"] == 2048
+    p.madvise(addr, 4096, MADV_COLD)             # a partial range splits the folio
+    assert m.vmstat["thp_split_page"] == 1 and m.vmstat["thp_split_pmd"] == 1
+    assert rollup(p)["Rss"] == 1024              # the zero half now maps the zero page
+    assert (p.read(addr, MB) == 0).all() and (p.read(addr + MB, MB) == 5).all()
+    m.check()
+
+
+def test_split_of_an_all_zero_thp_frees_it(m):
+    p = m.spawn()
+    addr = thp_region(p, 2 * MB)
+    p.write(addr, 2 * MB, value=0)
+    free = m.page_alloc.zone.nr_free_pages
+    p.madvise(addr, 4096, MADV_COLD)
+    assert rollup(p)["Rss"] == 0
+    assert m.page_alloc.zone.nr_free_pages == free + 512
+    m.check()

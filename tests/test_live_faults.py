@@ -266,3 +266,19 @@ def test_madvise_errno():
     live, sim = run_both(scenario, enabled="madvise")
     assert live == sim
     assert live[:4] == [errno.EINVAL, errno.EINVAL, errno.EINVAL, 0]
+
+
+def test_partial_cold_splits_the_folio_and_remaps_zero_subpages():
+    from thpcore import MADV_COLD
+
+    def scenario(b):
+        r = b.region(2 * MB)
+        b.madvise(r, 0, 2 * MB, MADV_HUGEPAGE)
+        b.write(r, 0, MB, value=0)
+        b.write(r, MB, MB, value=5)
+        v0 = b.vmstat()
+        rc = b.madvise(r, 0, 4096, MADV_COLD)
+        return rc, b.smaps(r), delta(v0, b.vmstat(), ["thp_split_page", "thp_split_pmd"]), \
+            set(b.read(r, 0, 2 * MB))
+    live, sim = run_both(scenario, enabled="madvise")
+    assert live == sim

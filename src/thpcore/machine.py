@@ -34,6 +34,10 @@ EVENTS = ("pswpout", "pglazyfree", "thp_fault_alloc", "thp_fault_fallback",
           "thp_zero_page_alloc_failed", "thp_swpout", "thp_swpout_fallback")
 
 
+class _NoVMA:
+    flags = 0
+
+
 class InvariantError(AssertionError):
     """Machine.check() found simulator state that no kernel could be in."""
 
@@ -213,9 +217,43 @@ class Machine:
             self.count_mthp("split_deferred")
 
     def split_folio(self, head: int) -> int:
-        """split_huge_page() of an anonymous THP into order-0 pages; unmapped subpages are
-        freed. Returns the number of pages freed."""
-        freed = self.page_tables.split_folio(head)
+        """split_huge_page() of an anonymous THP into order-0 pages. Every PMD mapping of it is
+        split first (unmap), and on remap (6.12+) a subpage whose contents are all zero is
+        mapped to the shared zero page instead (not in VM_LOCKED VMAs). Subpages no longer
+        mapped are freed; returns how many."""
+        from .huge_memory import split_huge_pmd
+        from .mm import PMD_KIND_HUGE, PMD_KIND_TABLE, pmd_huge_pfn, pmd_kind, pmd_table_id
+        from .vma import VM_LOCKED
+        region = self.thp_index.get(head)
+        zone = self.page_alloc.zone
+        if region is not None:
+            content = zone.frames()["content"]
+            for p in self.processes():
+                mm = p.mm
+                entry = mm.get_pmd(region)
+                if pmd_kind(entry) == PMD_KIND_HUGE and pmd_huge_pfn(entry) == head:
+                    split_huge_pmd(self, mm, region)
+                    entry = mm.get_pmd(region)
+                if pmd_kind(entry) != PMD_KIND_TABLE:
+                    continue
+                table = self.page_tables.table(pmd_table_id(entry))
+                pfn = (table >> 4).astype(np.int64)
+                mine = ((table & 1) != 0) & (pfn >= head) & (pfn < head + 512)
+                if not mine.any():
+                    continue
+                idx = np.nonzero(mine)[0]
+                zero = idx[content[pfn[idx]] == 0]
+                zero = [i for i in zero if not (mm.vmas.find(region + int(i) * 4096) or
+                                                 _NoVMA).flags & VM_LOCKED]
+                for i in zero:
+                    table[i] = _engine.PY_PTE_KIND_ZERO
+                    self.page_tables.put_frame(int(pfn[i]))
+                mm.anon_rss -= len(zero)
+        f = zone.frames()
+        if f["order"][head] == 9 and f["flags"][head] & _engine.PY_PG_HEAD:
+            freed = self.page_tables.split_folio(head)
+        else:
+            freed = 512                      # every subpage was zero: the folio is gone
         self.thp_folio_freed(head)
         self.count("thp_split_page")
         self.count_mthp("split")
