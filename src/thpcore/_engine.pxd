@@ -220,6 +220,51 @@ cdef struct FaultStats:
     int64_t swapped_out             # pages written to swap (pswpout)
 
 
+# Collapse scan results (enum scan_result, 6.10-6.17 order; symbols, not ABI).
+cdef enum:
+    SCAN_FAIL = 0
+    SCAN_SUCCEED = 1
+    SCAN_PMD_NULL = 2
+    SCAN_PMD_NONE = 3
+    SCAN_PMD_MAPPED = 4
+    SCAN_EXCEED_NONE_PTE = 5
+    SCAN_EXCEED_SWAP_PTE = 6
+    SCAN_EXCEED_SHARED_PTE = 7
+    SCAN_PTE_NON_PRESENT = 8
+    SCAN_PTE_UFFD_WP = 9
+    SCAN_PTE_MAPPED_HUGEPAGE = 10
+    SCAN_PAGE_RO = 11
+    SCAN_LACK_REFERENCED_PAGE = 12
+    SCAN_PAGE_NULL = 13
+    SCAN_SCAN_ABORT = 14
+    SCAN_PAGE_COUNT = 15
+    SCAN_PAGE_LRU = 16
+    SCAN_PAGE_LOCK = 17
+    SCAN_PAGE_ANON = 18
+    SCAN_PAGE_COMPOUND = 19
+    SCAN_ANY_PROCESS = 20
+    SCAN_VMA_NULL = 21
+    SCAN_VMA_CHECK = 22
+    SCAN_ADDRESS_RANGE = 23
+    SCAN_DEL_PAGE_LRU = 24
+    SCAN_ALLOC_HUGE_PAGE_FAIL = 25
+    SCAN_CGROUP_CHARGE_FAIL = 26
+    SCAN_TRUNCATED = 27
+    SCAN_PAGE_HAS_PRIVATE = 28
+    SCAN_STORE_FAILED = 29
+    SCAN_COPY_MC = 30
+    SCAN_PAGE_FILLED = 31
+
+
+cdef struct ScanCounts:
+    int none_or_zero
+    int unmapped
+    int shared
+    int referenced
+    int present
+    bint writable
+
+
 cdef class PageTables:
     """The machine's pool of PTE tables (shared by every mm), and the swap device.
 
@@ -260,5 +305,9 @@ cdef class PageTables:
     cdef int64_t swap_alloc_slot(self) noexcept nogil
     cdef int64_t swap_alloc_cluster(self) noexcept nogil
     cdef void pageout_pte_range(self, int64_t tid, int i0, int i1) noexcept nogil
+    cdef ScanCounts scan
+    cdef int scan_pte_table(self, int64_t tid, bint is_khugepaged, int max_none, int max_swap,
+                            int max_shared, bint require_writable) noexcept nogil
     cdef int _check_tid(self, int64_t tid) except -1
     cdef int _check_thp(self, int64_t head, int i0, int i1) except -1
+

@@ -732,6 +732,15 @@ PY_PTE_KIND_SWAP = PTE_KIND_SWAP
 PY_PTE_KIND_ZERO = PTE_KIND_ZERO
 PY_VALUE_CONSTANT = VALUE_CONSTANT
 PY_VALUE_GENERATED = VALUE_GENERATED
+SCAN_RESULTS = ["SCAN_FAIL", "SCAN_SUCCEED", "SCAN_PMD_NULL", "SCAN_PMD_NONE", "SCAN_PMD_MAPPED",
+                "SCAN_EXCEED_NONE_PTE", "SCAN_EXCEED_SWAP_PTE", "SCAN_EXCEED_SHARED_PTE",
+                "SCAN_PTE_NON_PRESENT", "SCAN_PTE_UFFD_WP", "SCAN_PTE_MAPPED_HUGEPAGE",
+                "SCAN_PAGE_RO", "SCAN_LACK_REFERENCED_PAGE", "SCAN_PAGE_NULL", "SCAN_SCAN_ABORT",
+                "SCAN_PAGE_COUNT", "SCAN_PAGE_LRU", "SCAN_PAGE_LOCK", "SCAN_PAGE_ANON",
+                "SCAN_PAGE_COMPOUND", "SCAN_ANY_PROCESS", "SCAN_VMA_NULL", "SCAN_VMA_CHECK",
+                "SCAN_ADDRESS_RANGE", "SCAN_DEL_PAGE_LRU", "SCAN_ALLOC_HUGE_PAGE_FAIL",
+                "SCAN_CGROUP_CHARGE_FAIL", "SCAN_TRUNCATED", "SCAN_PAGE_HAS_PRIVATE",
+                "SCAN_STORE_FAILED", "SCAN_COPY_MC", "SCAN_PAGE_FILLED"]
 
 
 cdef class PageTables:
@@ -1011,6 +1020,53 @@ cdef class PageTables:
             self.stats.rss_removed += 1
             self.put_user_frame(pfn)
 
+    cdef int scan_pte_table(self, int64_t tid, bint is_khugepaged, int max_none, int max_swap,
+                            int max_shared, bint require_writable) noexcept nogil:
+        """hpage_collapse_scan_pmd()'s PTE walk; fills self.scan and returns a SCAN_* code.
+        Limits apply when is_khugepaged (max_* < 0 disables one)."""
+        cdef int64_t base = tid * PTRS_PER_PTE, i, j, head
+        cdef uint32_t pte, pfn
+        cdef bint shared
+        memset(&self.scan, 0, sizeof(ScanCounts))
+        for i in range(PTRS_PER_PTE):
+            pte = self.ptes[base + i]
+            if (pte & 0xF) == PTE_KIND_SWAP:
+                self.scan.unmapped += 1
+                if is_khugepaged and max_swap >= 0 and self.scan.unmapped > max_swap:
+                    return SCAN_EXCEED_SWAP_PTE
+                continue
+            if pte == 0 or (pte & 0xF) == PTE_KIND_ZERO:
+                self.scan.none_or_zero += 1
+                if is_khugepaged and max_none >= 0 and self.scan.none_or_zero > max_none:
+                    return SCAN_EXCEED_NONE_PTE
+                continue
+            self.scan.present += 1
+            if pte & PTE_WRITE:
+                self.scan.writable = True
+            pfn = pte >> PTE_PFN_SHIFT
+            # folio_maybe_mapped_shared(): any page of the folio mapped more than once.
+            if (self.zone.flags[pfn] & PG_head) and self.zone.order[pfn] == 0:
+                shared = self.zone.mapcount[pfn] > 1
+            else:
+                head = pfn & ~(<int64_t>PTRS_PER_PTE - 1)
+                shared = False
+                for j in range(PTRS_PER_PTE):
+                    if self.zone.mapcount[head + j] > 1:
+                        shared = True
+                        break
+            if shared:
+                self.scan.shared += 1
+                if is_khugepaged and max_shared >= 0 and self.scan.shared > max_shared:
+                    return SCAN_EXCEED_SHARED_PTE
+            if is_khugepaged and (pte & PTE_YOUNG):
+                self.scan.referenced += 1
+        if require_writable and not self.scan.writable:
+            return SCAN_PAGE_RO
+        if is_khugepaged and (self.scan.referenced == 0 or
+                              (self.scan.unmapped and self.scan.referenced < PTRS_PER_PTE // 2)):
+            return SCAN_LACK_REFERENCED_PAGE
+        return SCAN_SUCCEED
+
     # ---- Python interface ----------------------------------------------------------------
 
     cdef int _check_tid(self, int64_t tid) except -1:
@@ -1144,6 +1200,44 @@ cdef class PageTables:
                     self.ptes[db + i] = pte
                 else:
                     self.ptes[db + i] = pte
+
+    def scan_pmd(self, int64_t tid, bint is_khugepaged, int max_none, int max_swap,
+                 int max_shared, bint require_writable):
+        """Scan one PTE table for collapse: (SCAN_* code, {none_or_zero, unmapped, shared,
+        referenced, present, writable})."""
+        self._check_tid(tid)
+        cdef int rc
+        with nogil:
+            rc = self.scan_pte_table(tid, is_khugepaged, max_none, max_swap, max_shared,
+                                     require_writable)
+        return rc, self.scan
+
+    def collapse_copy(self, int64_t tid, uint32_t head):
+        """__collapse_huge_page_copy(): copy every subpage into the new THP at head (none and
+        zero-page PTEs give zero subpages), release the old pages and clear the table, which
+        becomes the deposit. Returns the number of present PTEs released. Swap entries must
+        have been faulted in first."""
+        self._check_tid(tid)
+        self._check_thp(head, 0, PTRS_PER_PTE)
+        cdef int64_t base = tid * PTRS_PER_PTE, i, released = 0
+        cdef uint32_t pte
+        for i in range(PTRS_PER_PTE):
+            if (self.ptes[base + i] & 0xF) == PTE_KIND_SWAP:
+                raise ValueError("collapse_copy over a swap entry")
+        with nogil:
+            for i in range(PTRS_PER_PTE):
+                pte = self.ptes[base + i]
+                if pte & PTE_PRESENT:
+                    self.zone.content[head + i] = self.zone.content[pte >> PTE_PFN_SHIFT]
+                else:
+                    self.zone.content[head + i] = 0
+            for i in range(PTRS_PER_PTE):
+                pte = self.ptes[base + i]
+                self.ptes[base + i] = 0
+                if pte & PTE_PRESENT:
+                    released += 1
+                    self.put_user_frame(pte >> PTE_PFN_SHIFT)
+        return released
 
     def put_frame(self, uint32_t pfn):
         """Drop one mapping of a user frame (used by PMD-level zaps in the kernel model)."""
