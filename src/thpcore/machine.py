@@ -31,7 +31,9 @@ MAX_SWAP = (1 << 40) - PAGE_SIZE
 EVENTS = ("pswpout", "pglazyfree", "thp_fault_alloc", "thp_fault_fallback",
           "thp_fault_fallback_charge", "thp_split_page", "thp_split_page_failed",
           "thp_deferred_split_page", "thp_split_pmd", "thp_zero_page_alloc",
-          "thp_zero_page_alloc_failed", "thp_swpout", "thp_swpout_fallback")
+          "thp_zero_page_alloc_failed", "thp_swpout", "thp_swpout_fallback",
+          "thp_collapse_alloc", "thp_collapse_alloc_failed", "thp_scan_exceed_none_pte",
+          "thp_scan_exceed_swap_pte", "thp_scan_exceed_share_pte")
 
 
 class _NoVMA:
@@ -107,6 +109,9 @@ class Machine:
         self._next_anon_vma = 1
         self._write_generation = 0
         self.events: dict[str, int] = dict.fromkeys(EVENTS, 0)
+        self._collapse_events: list[tuple] = []
+        from .khugepaged import Khugepaged
+        self.khugepaged = Khugepaged(self)
         self.vmstat = Vmstat(self.events, {
             "nr_free_pages": lambda: zone.nr_free_pages,
             "nr_free_pages_blocks": self._nr_free_pages_blocks,
@@ -123,6 +128,9 @@ class Machine:
     def _thp_knob_changed(self, name: str) -> None:
         if name in ("enabled", "hugepages-2048kB/enabled"):
             self._start_stop_khugepaged()
+        elif name in ("khugepaged/scan_sleep_millisecs", "khugepaged/alloc_sleep_millisecs"):
+            if hasattr(self, "khugepaged"):
+                self.khugepaged.wake()
 
     def _start_stop_khugepaged(self) -> None:
         """start_stop_khugepaged(): the thread follows hugepage_pmd_enabled(), and every call
@@ -153,6 +161,28 @@ class Machine:
     def next_write_generation(self) -> int:
         self._write_generation = (self._write_generation + 1) & 0xFFFFFFFF
         return self._write_generation
+
+    def record_collapse_event(self, pid: int, address: int, context: int, result: int,
+                              counts: dict) -> None:
+        """One mm_khugepaged_scan_pmd-like trace record per scanned region."""
+        self._collapse_events.append((self.clock_ns, pid, address, context, result,
+                                      counts["none_or_zero"], counts["unmapped"],
+                                      counts["shared"], counts["referenced"], 0))
+
+    def collapse_events(self) -> np.ndarray:
+        """Every collapse scan so far as a structured array (see khugepaged.EVENT_DTYPE)."""
+        from .khugepaged import EVENT_DTYPE
+        return np.array(self._collapse_events, dtype=EVENT_DTYPE)
+
+    # ---- time ----------------------------------------------------------------------------------
+
+    def run(self, seconds: float = 0.0, ms: float = 0.0) -> None:
+        """Advance simulated time, running khugepaged's wake-ups on the way."""
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0 or ms < 0:
+            raise ValueError("run() takes a non-negative duration")
+        end = self.clock_ns + int(seconds * 1e9) + int(ms * 1e6)
+        self.khugepaged.run_until(end)
+        self.clock_ns = max(self.clock_ns, end)
 
     # ---- processes -----------------------------------------------------------------------------
 

@@ -68,12 +68,13 @@ def check_madvise_args(start: int, length: int, advice: int) -> int | None:
     return None if end == start else end
 
 
-def do_madvise(machine: "Machine", mm: MM, start: int, length: int, advice: int) -> None:
+def do_madvise(machine: "Machine", mm: MM, start: int, length: int, advice: int,
+               collapse_cc=None, pid: int = 0) -> None:
     end = check_madvise_args(start, length, advice)
     if end is None:
         return
     if advice in (C.MADV_MERGEABLE, C.MADV_UNMERGEABLE, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE,
-                  MADV_HWPOISON, MADV_SOFT_OFFLINE, C.MADV_COLLAPSE):
+                  MADV_HWPOISON, MADV_SOFT_OFFLINE):
         raise Unsupported(f"madvise advice {advice} is not modelled by thpcore yet")
     if advice == C.MADV_REMOVE:
         # madvise_remove(): only for shared file mappings.
@@ -87,9 +88,16 @@ def do_madvise(machine: "Machine", mm: MM, start: int, length: int, advice: int)
             raise OSError(errno.ENOMEM, "Cannot allocate memory: range not fully mapped")
         if pos < vma.start:
             unmapped = True
+            if advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE):
+                break                     # madvise_populate() stops at the first hole
             pos = vma.start
         lo, hi = pos, min(end, vma.end)
-        madvise_vma(machine, mm, vma, lo, hi, advice)
+        if advice == C.MADV_COLLAPSE:
+            from .khugepaged import default_collapse_control, madvise_collapse
+            cc = collapse_cc or default_collapse_control(machine, vma)
+            madvise_collapse(machine, mm, vma, lo, hi, cc, pid)
+        else:
+            madvise_vma(machine, mm, vma, lo, hi, advice)
         pos = hi
     if unmapped:
         raise OSError(errno.ENOMEM, "Cannot allocate memory: range not fully mapped")

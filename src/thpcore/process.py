@@ -32,6 +32,10 @@ CAPABILITIES = frozenset({
 })
 
 
+PIDFD_NONBLOCK = 0o4000
+PIDFD_THREAD = 0o200
+
+
 class SegmentationFault(OSError):
     """An access the process could not make (SIGSEGV); nothing was changed."""
 
@@ -60,6 +64,8 @@ class Process:
         self.parent = parent
         self.alive = True
         self.exit_reason: str | None = None
+        self.fds: dict[int, "Process"] = {}
+        self._next_fd = 3
 
     def __repr__(self) -> str:
         state = "" if self.alive else f", exited ({self.exit_reason})"
@@ -96,7 +102,7 @@ class Process:
     def madvise(self, addr: int, length: int, advice: int) -> None:
         """madvise(2); raises OSError with the kernel's errno."""
         do_madvise(self.machine, self._live(), _int(addr, "addr"), _int(length, "length"),
-                   _int(advice, "advice"))
+                   _int(advice, "advice"), pid=self.pid)
 
     # ---- memory access -----------------------------------------------------------------------
 
@@ -151,6 +157,32 @@ class Process:
             handle_mm_fault_range(self.machine, self.mm, vma, lo, hi, False, 0, 0, seg)
         return out
 
+    # ---- pidfds and process_madvise -----------------------------------------------------------
+
+    def pidfd_open(self, pid: int, flags: int = 0) -> int:
+        """pidfd_open(2): a pidfd for a live process (no permission check at open time)."""
+        self._live()
+        pid, flags = _int(pid, "pid"), _int(flags, "flags")
+        if flags & ~(PIDFD_NONBLOCK | PIDFD_THREAD) or pid <= 0:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        target = self.machine._processes.get(pid)
+        if target is None or not target.alive:
+            raise ProcessLookupError(errno.ESRCH, f"No such process: {pid}")
+        fd = self._next_fd
+        self._next_fd += 1
+        self.fds[fd] = target
+        return fd
+
+    def close(self, fd: int) -> None:
+        self._live()
+        if self.fds.pop(_int(fd, "fd"), None) is None:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+
+    def process_madvise(self, pidfd: int, iovecs, advice: int, flags: int = 0) -> int:
+        """process_madvise(2): returns the bytes of the iovecs fully advised."""
+        from .khugepaged import process_madvise
+        return process_madvise(self, pidfd, iovecs, advice, flags)
+
     # ---- process control ---------------------------------------------------------------------
 
     def prctl(self, option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
@@ -187,7 +219,7 @@ class Process:
         for start, end in ranges:
             free_pgtables(m, mm, start, end)
         if mm.registered:
-            m.khugepaged_mm_list.remove(mm)
+            m.khugepaged.mm_exit(mm)
             mm.registered = False
         self.alive = False
         self.exit_reason = self.exit_reason or "exit"
