@@ -288,7 +288,6 @@ cdef class PageTables:
     cdef int64_t swap_cursor                # next slot to try (scan_swap_map-like cursor)
     cdef uint8_t[::1] swap_map              # references to each slot (0 = free)
     cdef uint32_t[::1] swap_content         # the content word stored in each slot
-    cdef uint32_t[::1] swap_cache           # pfn of the page still caching the slot, or PFN_NONE
     cdef uint32_t partial_head_pfns[512]        # THPs the last zap left partly mapped
     cdef int nr_partial_heads
     cdef FaultStats stats                   # results of the last kernel call

@@ -760,7 +760,6 @@ cdef class PageTables:
         self.swap_cursor = 0
         self.swap_map = np.zeros(swap_slots, dtype=np.uint8)
         self.swap_content = np.zeros(swap_slots, dtype=np.uint32)
-        self.swap_cache = np.full(swap_slots, 0xFFFFFFFF, dtype=np.uint32)
         if swap_slots:
             self.swap_map[0] = 0xFF         # slot 0 holds the swap header (SWAP_MAP_BAD)
         self.nr_partial_heads = 0
@@ -857,7 +856,6 @@ cdef class PageTables:
             return
         f = self.zone.flags[pfn]
         if (f & PG_head) and self.zone.order[pfn] == 0:
-            # A page still caching a swap slot leaves the swap cache with it.
             self.zone.free_pages(pfn, 0)
             self.stats.pages_freed += 1
         else:
@@ -893,42 +891,28 @@ cdef class PageTables:
                     if out != NULL:
                         out[i - i0] = self.zone.content[pfn]
             elif (pte & 0xF) == PTE_KIND_SWAP:
+                # do_swap_page(). There is no swap cache: every swap-in reads the slot into a
+                # page of its own, so the page is exclusive and mapped writable straight away.
                 slot = pte >> PTE_PFN_SHIFT
-                pfn = self.swap_cache[slot]
-                if pfn != PFN_NONE:
-                    self.zone.mapcount[pfn] += 1            # still in the swap cache: map it
-                else:
-                    pfn = self.alloc_user_page(self.swap_content[slot], memcg)
-                    if pfn < 0:
-                        return FAULT_OOM
+                word = self.swap_content[slot]
+                if write:
+                    word = page_value(value_mode, value, vpn)
+                pfn = self.alloc_user_page(word, memcg)
+                if pfn < 0:
+                    return FAULT_OOM
                 self.stats.swapped_in += 1
                 self.stats.anon_allocated += 1
                 self.swap_map[slot] -= 1
                 if self.swap_map[slot] == 0:
                     self.swap_used -= 1
-                    self.swap_cache[slot] = PFN_NONE
                     self.stats.swap_freed += 1
-                    # do_swap_page(): an exclusive page is mapped writable straight away.
-                    pte = (<uint32_t>pfn << PTE_PFN_SHIFT) | PTE_PRESENT | PTE_YOUNG
-                    if vma_write:
-                        pte |= PTE_WRITE
-                else:
-                    self.swap_cache[slot] = <uint32_t>pfn
-                    pte = (<uint32_t>pfn << PTE_PFN_SHIFT) | PTE_PRESENT | PTE_YOUNG
+                pte = (<uint32_t>pfn << PTE_PFN_SHIFT) | PTE_PRESENT | PTE_YOUNG
+                if vma_write:
+                    pte |= PTE_WRITE
                 if write:
-                    if not (pte & PTE_WRITE):
-                        # Shared with other swap PTEs: copy before writing.
-                        newpfn = self.alloc_user_page(self.zone.content[pfn], memcg)
-                        if newpfn < 0:
-                            self.ptes[base + i] = pte
-                            return FAULT_OOM
-                        self.put_user_frame(<uint32_t>pfn)
-                        pfn = newpfn
-                        self.stats.cow_copied += 1
-                    self.zone.content[pfn] = page_value(value_mode, value, vpn)
-                    pte = (<uint32_t>pfn << PTE_PFN_SHIFT) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_WRITE
+                    pte |= PTE_DIRTY
                 elif out != NULL:
-                    out[i - i0] = self.zone.content[pfn]
+                    out[i - i0] = word
             else:                                           # none or the zero page
                 if write:
                     newpfn = self.alloc_user_page(page_value(value_mode, value, vpn), memcg)
@@ -966,7 +950,6 @@ cdef class PageTables:
                 self.swap_map[slot] -= 1
                 if self.swap_map[slot] == 0:
                     self.swap_used -= 1
-                    self.swap_cache[slot] = PFN_NONE
                     self.stats.swap_freed += 1
             else:
                 self.stats.zero_mapped -= 1
