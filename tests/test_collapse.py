@@ -37,15 +37,13 @@ def advised(p, size=HPAGE):
 
 # ---- khugepaged limits: count == limit collapses, limit + 1 does not --------------------------
 
-@pytest.mark.parametrize("limit", [0, 1, 64, 511])
+@pytest.mark.parametrize("limit", [0, 1, 64, 510])
 @pytest.mark.parametrize("over", [False, True])
 def test_max_ptes_none_boundary(m, limit, over):
     m.thp.khugepaged.max_ptes_none = limit
     p = m.spawn()
     a = p.mmap(HPAGE)
     present = 512 - limit - (1 if over else 0)
-    if present <= 0:
-        pytest.skip("needs at least one present page")
     p.write(a, present * PAGE)
     p.madvise(a, HPAGE, MADV_HUGEPAGE)
     before = m.vmstat["thp_scan_exceed_none_pte"]
