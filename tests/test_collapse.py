@@ -391,3 +391,23 @@ def test_rfc_limits_flag_and_cap_sys_admin_rule():
                                  MADV_F_COLLAPSE_LIMITS | MADV_F_COLLAPSE_DEFRAG) == HPAGE
     assert ahp(target) == 2048
     m.check()
+
+
+def test_no_writable_pte_rule_in_6_18(m):
+    """Live 6.18: collapse succeeds on write-protected PTEs (after fork, after mprotect) and on a
+    region of zero-page PTEs only; SCAN_PAGE_RO no longer exists."""
+    from thpcore import PROT_READ
+    p = m.spawn()
+    a = p.mmap(3 * HPAGE)
+    p.write(a, HPAGE)
+    c = p.fork()
+    p.madvise(a, HPAGE, MADV_COLLAPSE)                  # parent's PTEs are read-only now
+    assert ahp(p) == 2048
+    c.mprotect(a, 3 * HPAGE, PROT_READ)
+    c.madvise(a, HPAGE, MADV_COLLAPSE)
+    assert ahp(c) == 2048
+    p.read(a + HPAGE, HPAGE)                            # zero-page PTEs only (not eligible at fault)
+    p.madvise(a + HPAGE, HPAGE, MADV_COLLAPSE)
+    assert ahp(p) == 4096 and p.smaps_rollup()["Rss"] == 4096
+    assert (p.read(a + HPAGE, HPAGE) == 0).all()
+    m.check()

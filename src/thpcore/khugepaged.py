@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 ScanResult = enum.IntEnum("ScanResult", {name: i for i, name in enumerate(_engine.SCAN_RESULTS)})
 globals().update(ScanResult.__members__)
 
-# Whether the writable rule (SCAN_PAGE_RO) still exists in this kernel.
-REQUIRE_WRITABLE = True
+# The "needs one writable PTE" rule (SCAN_PAGE_RO) is gone in 6.18: the live kernel collapses
+# a region right after fork(), or after mprotect(PROT_READ), and one holding only zero-page PTEs.
+REQUIRE_WRITABLE = False
 
 # madvise_collapse(): results after which the next region is still tried.
 CONTINUE_RESULTS = {
