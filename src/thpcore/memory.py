@@ -152,8 +152,10 @@ def handle_mm_fault_range(machine: "Machine", mm: MM, vma: VMA, start: int, end:
                         o[:] = pt.thp_read(head, i0, i1)
                     mm.set_pmd(region, entry | PMD_YOUNG)
                 continue
-        # The PTE level.
-        anon_vma_prepare(machine, vma)
+        # The PTE level. Only a write sets up the anon_vma: a read maps the zero page
+        # (do_anonymous_page) and leaves the VMA without one.
+        if write:
+            anon_vma_prepare(machine, vma)
         tid = _pte_table(machine, mm, region)
         pt.reset_stats()
         rc = pt.fault(tid, i0, i1, write, vma_write, vpn0, value_mode, value, o, memcg)
