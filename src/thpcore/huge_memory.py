@@ -174,3 +174,11 @@ def zap_huge_pmd(machine: "Machine", mm: MM, region: int) -> None:
 
 def region_in_vma(vma: VMA, region: int) -> bool:
     return vma.start <= region and region + PMD_SIZE <= vma.end
+
+
+def split_huge_pmds_at(machine: "Machine", mm: MM, *boundaries: int) -> None:
+    """vma_adjust_trans_huge(): a huge PMD that straddles a new VMA boundary is split."""
+    for boundary in boundaries:
+        region = boundary & ~(PMD_SIZE - 1)
+        if boundary != region and pmd_kind(mm.get_pmd(region)) in (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO):
+            split_huge_pmd(machine, mm, region)

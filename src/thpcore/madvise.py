@@ -6,7 +6,7 @@ import errno
 from typing import TYPE_CHECKING
 
 from . import constants as C
-from .huge_memory import split_huge_pmd
+from .huge_memory import split_huge_pmds_at
 from .memory import khugepaged_enter_vma, zap_page_range
 from .mm import MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, pmd_kind
 from .vma import (PAGE_SIZE, PMD_SIZE, VM_DONTCOPY, VM_DONTDUMP, VM_HUGEPAGE, VM_LOCKED,
@@ -108,11 +108,7 @@ def _set_vma_flags(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int, set_:
     new_flags = (vma.flags | set_) & ~clear
     if new_flags == vma.flags:
         return vma
-    for boundary in (lo, hi):
-        region = boundary & ~(PMD_SIZE - 1)
-        # vma_adjust_trans_huge(): a huge PMD straddling a new VMA boundary is split.
-        if boundary != region and pmd_kind(mm.get_pmd(region)) in (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO):
-            split_huge_pmd(machine, mm, region)
+    split_huge_pmds_at(machine, mm, lo, hi)
     mm.vmas.split_at(lo)
     mm.vmas.split_at(hi)
     target = mm.vmas.find(lo)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from .constants import (MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_NORESERVE,
                         MAP_POPULATE, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE)
-from .huge_memory import split_huge_pmd
+from .huge_memory import split_huge_pmds_at
 from .memory import free_pgtables, zap_page_range
 from .mm import MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_WRITE, pmd_kind, pmd_table_id
 from .vma import (MMAP_BASE, MMAP_MIN_ADDR, PAGE_SIZE, PMD_SIZE, TASK_SIZE, VM_ACCOUNT,
@@ -120,10 +120,7 @@ def do_mprotect(machine: "Machine", mm: MM, start: int, length: int, prot: int) 
         raise OSError(errno.ENOMEM, "Cannot allocate memory: range not fully mapped")
     new = prot_to_vm_flags(prot)
     # Huge PMDs cut by the range boundaries are split (change_pmd_range -> __split_huge_pmd).
-    for boundary in (start, end):
-        region = boundary & ~(PMD_SIZE - 1)
-        if boundary != region and pmd_kind(mm.get_pmd(region)) in (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO):
-            split_huge_pmd(machine, mm, region)
+    split_huge_pmds_at(machine, mm, start, end)
     mm.vmas.split_at(start)
     mm.vmas.split_at(end)
     removing_write = False

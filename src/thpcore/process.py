@@ -185,6 +185,45 @@ class Process:
 
     # ---- process control ---------------------------------------------------------------------
 
+    def fork(self) -> "Process":
+        """fork(2): a child with a copy-on-write copy of the address space."""
+        mm = self._live()
+        child = self.machine.spawn(name=self.name, uid=self.uid, caps=self.caps)
+        child.parent = self
+        dup_mm(self.machine, mm, child.mm)
+        return child
+
+    def _mlock_range(self, addr: int, length: int) -> tuple[MM, int, int]:
+        """mlock/munlock argument rules: page-rounded, fully mapped, else ENOMEM."""
+        mm = self._live()
+        addr, length = _int(addr, "addr"), _int(length, "length")
+        start = addr & ~(PAGE_SIZE - 1)
+        end = (addr + length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        if end < start or end > TASK_SIZE:
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        if end > start and not mm.vmas.covered(start, end):
+            raise OSError(errno.ENOMEM, "Cannot allocate memory: range not fully mapped")
+        return mm, start, end
+
+    def mlock(self, addr: int, length: int) -> None:
+        """mlock(2): lock the VMAs of the range and populate them (write faults where writable)."""
+        from .madvise import _set_vma_flags
+        mm, start, end = self._mlock_range(addr, length)
+        for vma in mm.vmas.overlapping(start, end):
+            _set_vma_flags(self.machine, mm, vma, max(start, vma.start), min(end, vma.end),
+                           VM_LOCKED, 0)
+        for vma in mm.vmas.overlapping(start, end):
+            if vma.flags & (VM_READ | VM_WRITE):
+                self.machine.populate(mm, vma, max(start, vma.start), min(end, vma.end),
+                                      write=bool(vma.flags & VM_WRITE))
+
+    def munlock(self, addr: int, length: int) -> None:
+        from .madvise import _set_vma_flags
+        mm, start, end = self._mlock_range(addr, length)
+        for vma in mm.vmas.overlapping(start, end):
+            _set_vma_flags(self.machine, mm, vma, max(start, vma.start), min(end, vma.end),
+                           0, VM_LOCKED)
+
     def prctl(self, option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
         mm = self._live()
         option = _int(option, "option")
@@ -292,55 +331,3 @@ def dup_mm(machine: "Machine", parent: MM, child: MM) -> None:
         machine.khugepaged_mm_list.append(child)
 
 
-def _fork(self: Process) -> Process:
-    """fork(2): a child with a copy-on-write copy of the address space."""
-    mm = self._live()
-    child = self.machine.spawn(name=self.name, uid=self.uid, caps=self.caps)
-    child.parent = self
-    dup_mm(self.machine, mm, child.mm)
-    return child
-
-
-Process.fork = _fork
-
-
-def _mlock(self: Process, addr: int, length: int) -> None:
-    """mlock(2): lock the VMAs of the range and populate them (write faults where writable)."""
-    from .madvise import _set_vma_flags
-    mm = self._live()
-    addr, length = _int(addr, "addr"), _int(length, "length")
-    start = addr & ~(PAGE_SIZE - 1)
-    end = (addr + length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-    if end < start or end > TASK_SIZE:
-        raise OSError(errno.ENOMEM, "Cannot allocate memory")
-    if end == start:
-        return
-    if not mm.vmas.covered(start, end):
-        raise OSError(errno.ENOMEM, "Cannot allocate memory: range not fully mapped")
-    for vma in mm.vmas.overlapping(start, end):
-        lo, hi = max(start, vma.start), min(end, vma.end)
-        vma = _set_vma_flags(self.machine, mm, vma, lo, hi, VM_LOCKED, 0)
-    for vma in mm.vmas.overlapping(start, end):
-        lo, hi = max(start, vma.start), min(end, vma.end)
-        if vma.flags & (VM_READ | VM_WRITE):
-            self.machine.populate(mm, vma, lo, hi, write=bool(vma.flags & VM_WRITE))
-
-
-def _munlock(self: Process, addr: int, length: int) -> None:
-    from .madvise import _set_vma_flags
-    mm = self._live()
-    addr, length = _int(addr, "addr"), _int(length, "length")
-    start = addr & ~(PAGE_SIZE - 1)
-    end = (addr + length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-    if end < start or end > TASK_SIZE:
-        raise OSError(errno.ENOMEM, "Cannot allocate memory")
-    if end == start:
-        return
-    if not mm.vmas.covered(start, end):
-        raise OSError(errno.ENOMEM, "Cannot allocate memory: range not fully mapped")
-    for vma in mm.vmas.overlapping(start, end):
-        _set_vma_flags(self.machine, mm, vma, max(start, vma.start), min(end, vma.end), 0, VM_LOCKED)
-
-
-Process.mlock = _mlock
-Process.munlock = _munlock
