@@ -45,3 +45,34 @@ def test_madv_collapse(benchmark):
     benchmark.pedantic(p.madvise, setup=setup, rounds=5, iterations=1)
     benchmark.extra_info["collapses_per_second"] = N / benchmark.stats.stats.mean
     m.check()
+
+
+def test_live_madv_collapse_per_2m(benchmark):
+    """The live kernel's own MADV_COLLAPSE time per 2 MiB region, on this machine, for comparison
+    (skipped without root or MADV_COLLAPSE)."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+    import pytest
+    lh = pytest.importorskip("live_harness")
+    if os.geteuid() != 0:
+        pytest.skip("needs root for the THP knobs")
+    n = 32
+    with lh.thp_settings(enabled="never"):
+        r = lh.Region.aligned(n * HPAGE)
+        try:
+            def setup():
+                r.madvise(0, n * HPAGE, MADV_DONTNEED)
+                r.write(0, n * HPAGE, value=1)
+                return (), {}
+
+            def run():
+                rc = r.madvise(0, n * HPAGE, MADV_COLLAPSE)
+                if rc:
+                    pytest.skip(f"MADV_COLLAPSE failed with errno {rc}")
+
+            benchmark.pedantic(run, setup=setup, rounds=3, iterations=1)
+        finally:
+            r.close()
+    benchmark.extra_info["live_collapses_per_second"] = n / benchmark.stats.stats.mean
+    benchmark.extra_info["live_us_per_2m"] = benchmark.stats.stats.mean / n * 1e6
