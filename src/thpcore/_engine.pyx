@@ -8,7 +8,7 @@ page lists (as after drain_all_pages()), no CMA and no memory hotplug.
 
 import numpy as np
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset
 
 DEBUG = THPCORE_DEBUG   # compile-time: True in the bounds-checked debug build
@@ -1028,8 +1028,10 @@ cdef class PageTables:
                 self.scan.writable = True
             pfn = pte >> PTE_PFN_SHIFT
             # folio_maybe_mapped_shared(): any page of the folio mapped more than once.
-            if (self.zone.flags[pfn] & PG_head) and self.zone.order[pfn] == 0:
-                shared = self.zone.mapcount[pfn] > 1
+            if self.zone.mapcount[pfn] > 1:
+                shared = True
+            elif not (self.zone.flags[pfn] & PG_tail) and self.zone.order[pfn] == 0:
+                shared = False
             else:
                 head = pfn & ~(<int64_t>PTRS_PER_PTE - 1)
                 shared = False
@@ -1194,6 +1196,37 @@ cdef class PageTables:
             rc = self.scan_pte_table(tid, is_khugepaged, max_none, max_swap, max_shared,
                                      require_writable)
         return rc, self.scan
+
+    def scan_regions(self, int64_t[::1] tids, uint8_t[::1] codes, int16_t[:, ::1] counts,
+                     bint is_khugepaged, int max_none, int max_swap, int max_shared,
+                     bint require_writable):
+        """Scan a run of regions in one call: tids[i] >= 0 is the PTE table of region i (its code
+        is written to codes[i], its none/swap/shared/referenced counts to counts[i]); other
+        regions keep the code the caller put there. Stops after the first SCAN_SUCCEED (a
+        collapse would be attempted there). Returns how many regions were handled."""
+        cdef int64_t n = tids.shape[0], i
+        if codes.shape[0] < n or counts.shape[0] < n or counts.shape[1] < 4:
+            raise ValueError("output arrays are too small")
+        for i in range(n):
+            if tids[i] >= 0:
+                self._check_tid(tids[i])
+        cdef int rc
+        cdef int64_t done = n
+        with nogil:
+            for i in range(n):
+                if tids[i] < 0:
+                    continue
+                rc = self.scan_pte_table(tids[i], is_khugepaged, max_none, max_swap, max_shared,
+                                         require_writable)
+                codes[i] = <uint8_t>rc
+                counts[i, 0] = <int16_t>self.scan.none_or_zero
+                counts[i, 1] = <int16_t>self.scan.unmapped
+                counts[i, 2] = <int16_t>self.scan.shared
+                counts[i, 3] = <int16_t>self.scan.referenced
+                if rc == SCAN_SUCCEED:
+                    done = i + 1
+                    break
+        return done
 
     def collapse_copy(self, int64_t tid, uint32_t head):
         """__collapse_huge_page_copy(): copy every subpage into the new THP at head (none and

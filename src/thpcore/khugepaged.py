@@ -229,13 +229,13 @@ class Khugepaged:
                 continue
             self.cursor_address = max(self.cursor_address, hstart)
             while self.cursor_address < hend:
-                region = self.cursor_address
-                result = hpage_collapse_scan_pmd(m, mm, vma, region, cc, pid)
-                if result == ScanResult.SCAN_SUCCEED:
-                    t = m.thp.khugepaged
-                    t._set_counter("pages_collapsed", t.pages_collapsed + 1)
-                self.cursor_address += PMD_SIZE
-                progress += HPAGE_PMD_NR
+                # Scan as many regions as the budget allows in one engine call; it stops at the
+                # first region that qualifies, where collapse_huge_page() drops the lock.
+                budget = max(1, -(-(pages - progress) // HPAGE_PMD_NR))
+                n = min((hend - self.cursor_address) // PMD_SIZE, budget)
+                done, result = self._scan_batch(mm, vma, pid, cc, self.cursor_address, n)
+                self.cursor_address += done * PMD_SIZE
+                progress += done * HPAGE_PMD_NR
                 if _lock_dropped(result):
                     return progress, result          # the cursor stays on this mm
                 if progress >= pages:
@@ -243,6 +243,44 @@ class Khugepaged:
             # the VMA may have been replaced by a collapse-free walk; continue with the next
         self._advance()
         return progress, result
+
+    def _scan_batch(self, mm: MM, vma: VMA, pid: int, cc: CollapseControl, start: int,
+                    n: int) -> tuple[int, ScanResult]:
+        m = self.m
+        t = m.thp.khugepaged
+        entries = mm.pmd_entries(start, start + n * PMD_SIZE)
+        kinds = entries & np.uint64(3)
+        tids = np.where(kinds == PMD_KIND_TABLE, entries >> np.uint64(32), 0).astype(np.int64)
+        tids[kinds != PMD_KIND_TABLE] = -1
+        codes = np.where(entries == 0, int(ScanResult.SCAN_PMD_NONE),
+                         int(ScanResult.SCAN_PMD_MAPPED)).astype(np.uint8)
+        counts = np.zeros((n, 4), dtype=np.int16)
+        done = m.page_tables.scan_regions(tids, codes, counts, True, t.max_ptes_none,
+                                          t.max_ptes_swap, t.max_ptes_shared, REQUIRE_WRITABLE)
+        codes, counts = codes[:done], counts[:done]
+        for code, event in ((ScanResult.SCAN_EXCEED_NONE_PTE, "thp_scan_exceed_none_pte"),
+                            (ScanResult.SCAN_EXCEED_SWAP_PTE, "thp_scan_exceed_swap_pte"),
+                            (ScanResult.SCAN_EXCEED_SHARED_PTE, "thp_scan_exceed_share_pte")):
+            k = int((codes == code).sum())
+            if k:
+                m.count(event, k)
+        result = ScanResult(int(codes[-1]))
+        if result == ScanResult.SCAN_SUCCEED:
+            result = collapse_huge_page(m, mm, vma, start + (done - 1) * PMD_SIZE, cc,
+                                        int(counts[-1, 1]))
+            codes[-1] = int(result)
+            if result == ScanResult.SCAN_SUCCEED:
+                t._set_counter("pages_collapsed", t.pages_collapsed + 1)
+        ev = np.zeros(done, dtype=EVENT_DTYPE)
+        ev["time_ns"] = m.clock_ns
+        ev["pid"] = pid
+        ev["address"] = start + np.arange(done, dtype=np.uint64) * np.uint64(PMD_SIZE)
+        ev["context"] = CONTEXT_KHUGEPAGED
+        ev["result"] = codes
+        ev["none_or_zero"], ev["unmapped"] = counts[:, 0], counts[:, 1]
+        ev["shared"], ev["referenced"] = counts[:, 2], counts[:, 3]
+        m._collapse_events.append(ev)
+        return done, result
 
     def do_scan(self) -> None:
         """khugepaged_do_scan(): one pass with a budget of pages_to_scan."""

@@ -172,7 +172,9 @@ class Machine:
     def collapse_events(self) -> np.ndarray:
         """Every collapse scan so far as a structured array (see khugepaged.EVENT_DTYPE)."""
         from .khugepaged import EVENT_DTYPE
-        return np.array(self._collapse_events, dtype=EVENT_DTYPE)
+        parts = [e if isinstance(e, np.ndarray) else np.array([e], dtype=EVENT_DTYPE)
+                 for e in self._collapse_events]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=EVENT_DTYPE)
 
     # ---- time ----------------------------------------------------------------------------------
 

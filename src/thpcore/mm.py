@@ -77,6 +77,23 @@ class MM:
         arr, i = self.pmd_slot(addr)
         arr[i] = entry
 
+    def pmd_entries(self, start: int, end: int) -> np.ndarray:
+        """The PMD entries of the 2 MiB regions in [start, end) (aligned), as one uint64 array."""
+        n = (end - start) >> PMD_SHIFT
+        out = np.zeros(n, dtype=np.uint64)
+        pos = 0
+        addr = start
+        while pos < n:
+            pud = addr >> PUD_SHIFT
+            i = (addr >> PMD_SHIFT) & (PTRS_PER_PMD - 1)
+            k = min(PTRS_PER_PMD - i, n - pos)
+            arr = self.pmd_dir.get(pud)
+            if arr is not None:
+                out[pos:pos + k] = arr[i:i + k]
+            pos += k
+            addr += k << PMD_SHIFT
+        return out
+
     def regions(self, start: int, end: int) -> Iterator[tuple[int, int, int]]:
         """(region start, lo, hi) for each 2 MiB region overlapping [start, end)."""
         r = start & ~(PMD_SIZE - 1)
