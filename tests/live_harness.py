@@ -373,6 +373,23 @@ def write_knob(name: str, value) -> None:
         f.write(str(value))
 
 
+LOCK_PATH = os.path.join(tempfile.gettempdir(), "thpcore-live-knobs.lock")
+
+
+@contextlib.contextmanager
+def knob_lock():
+    """An exclusive, machine-wide lock for the duration of a knob change, so two test runs on
+    one machine (a CI run beside a developer's) never snapshot each other's temporary values."""
+    import fcntl
+    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def thp_settings(**knobs):
     """Set THP sysfs knobs for the duration of the block and restore them afterwards.
@@ -384,6 +401,8 @@ def thp_settings(**knobs):
     (after trying all the others).  Yields {knob: old value}.
     """
     saved: list[tuple[str, str]] = []
+    lock = knob_lock()
+    lock.__enter__()
     try:
         for name, value in knobs.items():
             old = read_knob(name)
@@ -397,6 +416,7 @@ def thp_settings(**knobs):
                 write_knob(name, old)
             except OSError as e:  # keep restoring the others
                 errors.append(f"{name}={old!r}: {e}")
+        lock.__exit__(None, None, None)
         if errors:
             raise RuntimeError("could not restore THP knobs: " + "; ".join(errors))
 

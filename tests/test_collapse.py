@@ -411,3 +411,20 @@ def test_no_writable_pte_rule_in_6_18(m):
     assert ahp(p) == 4096 and p.smaps_rollup()["Rss"] == 4096
     assert (p.read(a + HPAGE, HPAGE) == 0).all()
     m.check()
+
+
+def test_collapse_continues_past_a_region_without_a_pmd_table(m):
+    """Live 6.18: a never-faulted GiB has no PMD table page (SCAN_PMD_NULL, continue), unlike
+    an empty region in a populated GiB (SCAN_PMD_NONE, abort)."""
+    from thpcore import MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE
+    p = m.spawn()
+    gib = 1 << 30
+    a = p.mmap(4 * HPAGE, addr=2 * gib - 2 * HPAGE, flags=MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)
+    p.write(a + 2 * HPAGE, HPAGE)                 # region 2, in the second GiB
+    with pytest.raises(OSError) as e:
+        p.madvise(a, 4 * HPAGE, MADV_COLLAPSE)    # regions 0-1: no PMD table; 3: pmd none
+    assert e.value.errno == errno.EINVAL
+    assert ahp(p) == 2048
+    ev = m.collapse_events()
+    assert list(ev["result"][:3]) == [ScanResult.SCAN_PMD_NULL, ScanResult.SCAN_PMD_NULL,
+                                      ScanResult.SCAN_SUCCEED]

@@ -130,6 +130,12 @@ def knob_value(text):
 def live_knobs():
     """Snapshot every THP knob and restore it afterwards, whatever happens."""
     need(THP_ROOT + "/enabled", write=True)
+    import live_harness
+    with live_harness.knob_lock():
+        yield from _snapshot_and_restore()
+
+
+def _snapshot_and_restore():
     saved = {k: knob_value(read(f"{THP_ROOT}/{k}")) for k in KNOBS if os.path.exists(f"{THP_ROOT}/{k}")}
     try:
         yield saved

@@ -1228,6 +1228,70 @@ cdef class PageTables:
                     break
         return done
 
+    def collapse_run(self, int64_t[::1] tids, uint8_t[::1] codes, int16_t[:, ::1] counts,
+                     uint32_t[::1] heads, int alloc_fast, int alloc_slow, int memcg=0):
+        """madvise_collapse()'s region loop for regions whose PMD needs no swap-in: scan without
+        limits, allocate, copy, release the old pages, and classify like the kernel (continue
+        or abort). tids[i] < 0 means the caller put the region's code in codes[i] already.
+        heads[i] receives each new THP (the caller installs the PMDs). Stops early with
+        codes[i] = 255 at a region that needs swap-in (the caller handles it). Returns the
+        number of regions handled."""
+        cdef int64_t n = tids.shape[0], i, j, head, base
+        cdef uint32_t pte
+        cdef int rc
+        cdef int64_t done = n
+        if codes.shape[0] < n or counts.shape[0] < n or counts.shape[1] < 4 or heads.shape[0] < n:
+            raise ValueError("output arrays are too small")
+        for i in range(n):
+            if tids[i] >= 0:
+                self._check_tid(tids[i])
+        with nogil:
+            for i in range(n):
+                if tids[i] >= 0:
+                    rc = self.scan_pte_table(tids[i], False, -1, -1, -1, False)
+                    counts[i, 0] = <int16_t>self.scan.none_or_zero
+                    counts[i, 1] = <int16_t>self.scan.unmapped
+                    counts[i, 2] = <int16_t>self.scan.shared
+                    counts[i, 3] = self.scan.present
+                    if rc == SCAN_SUCCEED:
+                        if self.scan.unmapped:
+                            codes[i] = 255
+                            done = i
+                            break
+                        head = self.zone.alloc_one(PAGEBLOCK_ORDER, MIGRATE_MOVABLE, alloc_fast, PG_lru)
+                        if head < 0:
+                            head = self.zone.alloc_one(PAGEBLOCK_ORDER, MIGRATE_MOVABLE, alloc_slow, PG_lru)
+                        if head < 0:
+                            rc = SCAN_ALLOC_HUGE_PAGE_FAIL
+                        else:
+                            heads[i] = <uint32_t>head
+                            base = tids[i] * PTRS_PER_PTE
+                            for j in range(PTRS_PER_PTE):
+                                self.zone.mapcount[head + j] = 1
+                                self.zone.memcg[head + j] = <uint16_t>memcg
+                                pte = self.ptes[base + j]
+                                self.zone.content[head + j] = self.zone.content[pte >> PTE_PFN_SHIFT] \
+                                    if pte & PTE_PRESENT else 0
+                            for j in range(PTRS_PER_PTE):
+                                pte = self.ptes[base + j]
+                                self.ptes[base + j] = 0
+                                if pte & PTE_PRESENT:
+                                    self.put_user_frame(pte >> PTE_PFN_SHIFT)
+                    codes[i] = <uint8_t>rc
+                else:
+                    rc = codes[i]
+                if rc == SCAN_SUCCEED or rc == SCAN_PMD_MAPPED:
+                    continue
+                if (rc == SCAN_PMD_NULL or rc == SCAN_PTE_NON_PRESENT or rc == SCAN_PTE_UFFD_WP
+                        or rc == SCAN_PAGE_RO or rc == SCAN_LACK_REFERENCED_PAGE
+                        or rc == SCAN_PAGE_NULL or rc == SCAN_PAGE_COUNT or rc == SCAN_PAGE_LOCK
+                        or rc == SCAN_PAGE_COMPOUND or rc == SCAN_PAGE_LRU
+                        or rc == SCAN_DEL_PAGE_LRU):
+                    continue
+                done = i + 1
+                break
+        return done
+
     def collapse_copy(self, int64_t tid, uint32_t head):
         """__collapse_huge_page_copy(): copy every subpage into the new THP at head (none and
         zero-page PTEs give zero subpages), release the old pages and clear the table, which

@@ -67,7 +67,9 @@ def hpage_collapse_scan_pmd(machine: "Machine", mm: MM, vma: VMA, region: int,
     entry = mm.get_pmd(region)
     kind = pmd_kind(entry)
     counts = dict(none_or_zero=0, unmapped=0, shared=0, referenced=0)
-    if entry == 0:
+    if region >> 30 not in mm.pmd_dir:
+        result = ScanResult.SCAN_PMD_NULL          # no PMD table page: continue, not abort
+    elif entry == 0:
         result = ScanResult.SCAN_PMD_NONE
     elif kind in (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO):
         # A huge zero PMD is not a THP mapping: the kernel sees a huge PMD and stops.
@@ -141,17 +143,77 @@ def madvise_collapse(machine: "Machine", mm: MM, vma: VMA, start: int, end: int,
         raise OSError(errno.EINVAL, "Invalid argument: no whole 2 MiB region in range")
     thps = 0
     last_fail = ScanResult.SCAN_FAIL
-    for region in range(hstart, hend, PMD_SIZE):
-        result = hpage_collapse_scan_pmd(machine, mm, vma, region, cc, pid)
-        if result in (ScanResult.SCAN_SUCCEED, ScanResult.SCAN_PMD_MAPPED):
-            thps += 1
-            continue
-        last_fail = result
-        if result not in CONTINUE_RESULTS:
+    region = hstart
+    while region < hend:
+        if cc.limits:
+            # The RFC's limited collapse: one region at a time through the khugepaged rules.
+            results = [hpage_collapse_scan_pmd(machine, mm, vma, region, cc, pid)]
+            step = PMD_SIZE
+        else:
+            results, step = _collapse_batch(machine, mm, vma, region, hend, cc, pid)
+        stop = False
+        for result in results:
+            if result in (ScanResult.SCAN_SUCCEED, ScanResult.SCAN_PMD_MAPPED):
+                thps += 1
+                continue
+            last_fail = result
+            if result not in CONTINUE_RESULTS:
+                stop = True
+                break
+        if stop:
             break
+        region += step
     if thps != (hend - hstart) // PMD_SIZE:
         raise OSError(madvise_collapse_errno(last_fail),
                       f"MADV_COLLAPSE failed: {last_fail.name}")
+
+
+def _collapse_batch(machine: "Machine", mm: MM, vma: VMA, start: int, hend: int,
+                    cc: CollapseControl, pid: int) -> tuple[list[ScanResult], int]:
+    """Up to 256 regions of MADV_COLLAPSE in one engine call (collapse_run); a region that
+    needs swap-in goes through the Python path. Returns the results and the bytes covered."""
+    n = min((hend - start) // PMD_SIZE, 256)
+    missing = np.zeros(n, dtype=bool)
+    entries = mm.pmd_entries(start, start + n * PMD_SIZE, missing)
+    kinds = entries & np.uint64(3)
+    tids = (entries >> np.uint64(32)).astype(np.int64)
+    tids[kinds != PMD_KIND_TABLE] = -1
+    codes = np.where(entries == 0, int(ScanResult.SCAN_PMD_NONE),
+                     int(ScanResult.SCAN_PMD_MAPPED)).astype(np.uint8)
+    codes[missing] = int(ScanResult.SCAN_PMD_NULL)
+    counts = np.zeros((n, 4), dtype=np.int16)
+    heads = np.zeros(n, dtype=np.uint32)
+    pt = machine.page_tables
+    pt.reset_stats()
+    fast = _engine.PY_ALLOC_WMARK_LOW | _engine.PY_ALLOC_NOFRAGMENT | cc.gfp.alloc_flags()
+    slow = _engine.PY_ALLOC_WMARK_MIN | cc.gfp.alloc_flags()
+    done = pt.collapse_run(tids, codes, counts, heads, fast, slow)
+    handled = codes[:done]
+    made = np.nonzero((handled == ScanResult.SCAN_SUCCEED) & (tids[:done] >= 0))[0]
+    for i in made:
+        region = start + int(i) * PMD_SIZE
+        mm.anon_rss -= int(counts[i, 3])              # the released 4 KiB pages
+        map_new_thp(machine, mm, vma, region, int(heads[i]), int(tids[i]))
+    if made.size:
+        machine.count("thp_collapse_alloc", int(made.size))
+    failed = int((handled == ScanResult.SCAN_ALLOC_HUGE_PAGE_FAIL).sum())
+    if failed:
+        machine.count("thp_collapse_alloc_failed", failed)
+    for h in pt.partial_heads():
+        machine.folio_partially_mapped(int(h))
+    ev = np.zeros(done, dtype=EVENT_DTYPE)
+    ev["time_ns"], ev["pid"], ev["context"] = machine.clock_ns, pid, CONTEXT_MADV_COLLAPSE
+    ev["address"] = start + np.arange(done, dtype=np.uint64) * np.uint64(PMD_SIZE)
+    ev["result"] = handled
+    ev["none_or_zero"], ev["unmapped"], ev["shared"] = counts[:done, 0], counts[:done, 1], counts[:done, 2]
+    machine._collapse_events.append(ev)
+    results = [ScanResult(int(c)) for c in handled]
+    covered = done * PMD_SIZE
+    if done < n and codes[done] == 255:                # needs swap-in: the full Python path
+        region = start + done * PMD_SIZE
+        results.append(hpage_collapse_scan_pmd(machine, mm, vma, region, cc, pid))
+        covered += PMD_SIZE
+    return results, covered
 
 
 class Khugepaged:
@@ -248,12 +310,14 @@ class Khugepaged:
                     n: int) -> tuple[int, ScanResult]:
         m = self.m
         t = m.thp.khugepaged
-        entries = mm.pmd_entries(start, start + n * PMD_SIZE)
+        missing = np.zeros(n, dtype=bool)
+        entries = mm.pmd_entries(start, start + n * PMD_SIZE, missing)
         kinds = entries & np.uint64(3)
         tids = np.where(kinds == PMD_KIND_TABLE, entries >> np.uint64(32), 0).astype(np.int64)
         tids[kinds != PMD_KIND_TABLE] = -1
         codes = np.where(entries == 0, int(ScanResult.SCAN_PMD_NONE),
                          int(ScanResult.SCAN_PMD_MAPPED)).astype(np.uint8)
+        codes[missing] = int(ScanResult.SCAN_PMD_NULL)
         counts = np.zeros((n, 4), dtype=np.int16)
         done = m.page_tables.scan_regions(tids, codes, counts, True, t.max_ptes_none,
                                           t.max_ptes_swap, t.max_ptes_shared, REQUIRE_WRITABLE)

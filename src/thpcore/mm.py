@@ -77,8 +77,10 @@ class MM:
         arr, i = self.pmd_slot(addr)
         arr[i] = entry
 
-    def pmd_entries(self, start: int, end: int) -> np.ndarray:
-        """The PMD entries of the 2 MiB regions in [start, end) (aligned), as one uint64 array."""
+    def pmd_entries(self, start: int, end: int, missing: np.ndarray | None = None) -> np.ndarray:
+        """The PMD entries of the 2 MiB regions in [start, end) (aligned), as one uint64 array.
+        If `missing` (bool, same length) is given, it marks regions with no PMD table page at
+        all (nothing in their GiB was ever faulted: find_pmd_or_thp_or_none's SCAN_PMD_NULL)."""
         n = (end - start) >> PMD_SHIFT
         out = np.zeros(n, dtype=np.uint64)
         pos = 0
@@ -90,6 +92,8 @@ class MM:
             arr = self.pmd_dir.get(pud)
             if arr is not None:
                 out[pos:pos + k] = arr[i:i + k]
+            elif missing is not None:
+                missing[pos:pos + k] = True
             pos += k
             addr += k << PMD_SHIFT
         return out
