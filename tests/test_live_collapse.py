@@ -74,3 +74,39 @@ def test_madv_collapse_swaps_in():
         return swapped, rc, b.smaps(r), sorted(set(b.read(r, 0, HP)))
     live, sim = run_both(scenario, swap=True, enabled="never")
     assert live == sim
+
+
+def _live_full_scans():
+    return int(open("/sys/kernel/mm/transparent_hugepage/khugepaged/full_scans").read())
+
+
+@pytest.mark.parametrize("max_ptes_none, written, expect", [(511, 1, True), (0, 511, False),
+                                                            (1, 511, True)])
+def test_khugepaged_collapses_like_the_live_kernel(max_ptes_none, written, expect):
+    """khugepaged with 10 ms sleeps: wait for two full scans on both sides."""
+    import time
+
+    def scenario(b):
+        r = b.region(HP)
+        b.write(r, 0, written * 4096)
+        b.madvise(r, 0, HP, MADV_HUGEPAGE)
+        if isinstance(b, Live):
+            target = _live_full_scans() + 2
+            deadline = time.time() + 10
+            while _live_full_scans() < target and time.time() < deadline:
+                time.sleep(0.01)
+            assert _live_full_scans() >= target, "khugepaged did not complete two full scans"
+        else:
+            b.m.khugepaged.wait_full_scans(2)
+        return b.smaps(r)["AnonHugePages"], sorted(set(b.read(r, 0, HP)))
+
+    def sim_knobs(sim):
+        k = sim.m.thp.khugepaged
+        k.scan_sleep_millisecs = k.alloc_sleep_millisecs = 10
+        k.max_ptes_none = max_ptes_none
+
+    knobs = {"enabled": "madvise", "khugepaged/scan_sleep_millisecs": 10,
+             "khugepaged/alloc_sleep_millisecs": 10, "khugepaged/max_ptes_none": max_ptes_none}
+    live, sim = run_both(scenario, sim_setup=sim_knobs, **knobs)
+    assert live == sim
+    assert (live[0] == 2048) == expect

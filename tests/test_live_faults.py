@@ -128,22 +128,24 @@ def delta(before, after, names):
     return {n: after.get(n, 0) - before.get(n, 0) for n in names}
 
 
-def run_both(scenario, swap=False, **knobs):
+def run_both(scenario, swap=False, sim_setup=None, **knobs):
     _need_live()
     with lh.thp_settings(**knobs):
         if swap:
             with lh.swap_file(64 * MB):
-                return _run_pair(scenario, swap)
-        return _run_pair(scenario, swap)
+                return _run_pair(scenario, swap, sim_setup)
+        return _run_pair(scenario, swap, sim_setup)
 
 
-def _run_pair(scenario, swap):
+def _run_pair(scenario, swap, sim_setup=None):
     live = Live()
     try:
         got_live = scenario(live)
     finally:
         live.close()
     sim = Sim(swap="64M" if swap else None)
+    if sim_setup is not None:
+        sim_setup(sim)
     got_sim = scenario(sim)
     sim.close()
     return got_live, got_sim

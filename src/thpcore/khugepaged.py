@@ -412,6 +412,7 @@ def default_collapse_control(machine: "Machine", vma: VMA) -> CollapseControl:
 
 
 UIO_MAXIOV = 1024
+MAX_RW_COUNT = 0x7FFFF000                 # INT_MAX & PAGE_MASK
 SSIZE_MAX = (1 << 63) - 1
 REMOTE_ADVICE = {3, 20, 21, 25}           # WILLNEED, COLD, PAGEOUT, COLLAPSE
 
@@ -445,6 +446,13 @@ def process_madvise(caller, pidfd: int, iovecs, advice: int, flags: int = 0) -> 
         if n < 0 or n > SSIZE_MAX or total + n > SSIZE_MAX:
             raise OSError(errno.EINVAL, "Invalid argument: iovec length")
         total += n
+    # import_iovec() caps the total at MAX_RW_COUNT, shortening the iovecs that pass it.
+    capped, total = [], 0
+    for addr, n in vec:
+        n = min(n, MAX_RW_COUNT - total)
+        capped.append((addr, n))
+        total += n
+    vec = capped
     target = caller.fds.get(pidfd)
     if target is None:
         raise OSError(errno.EBADF, "Bad file descriptor")
