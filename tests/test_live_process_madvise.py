@@ -109,3 +109,37 @@ def test_pidfd_of_an_exited_process_is_esrch():
     with pytest.raises(OSError) as e:
         caller.process_madvise(sfd, [(0, 4096)], MADV_COLLAPSE)
     assert live == -e.value.errno == -errno.ESRCH
+
+
+def test_unprivileged_caller_like_the_live_kernel():
+    """A caller that setuid()s to nobody: collapsing itself needs nothing; a root-owned target
+    fails the ptrace access check (EACCES) although pidfd_open succeeds."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop privileges in a child")
+    parent = os.getpid()
+
+    def child():
+        r = lh.Region.aligned(HP)
+        r.write(0, HP, value=3)
+        os.setgid(65534)
+        os.setuid(65534)
+        me = live_pidfd_open(os.getpid())
+        root = live_pidfd_open(parent)
+        return (live_process_madvise(me, [(r.addr, HP)], MADV_COLLAPSE),
+                live_process_madvise(root, [(r.addr, HP)], MADV_COLLAPSE),
+                r.smaps(partial="include")["AnonHugePages"])
+
+    with lh.thp_settings(enabled="never"):
+        live = lh.fork_and_run(child)
+
+    m = thpcore.Machine("1G")
+    root = m.spawn()
+    nobody = m.spawn(uid=65534)
+    a = nobody.mmap(HP)
+    nobody.write(a, HP, value=3)
+    me, other = nobody.pidfd_open(nobody.pid), nobody.pidfd_open(root.pid)
+    self_rc = nobody.process_madvise(me, [(a, HP)], MADV_COLLAPSE)
+    with pytest.raises(OSError) as e:
+        nobody.process_madvise(other, [(a, HP)], MADV_COLLAPSE)
+    sim = (self_rc, -e.value.errno, nobody.smaps_rollup()["AnonHugePages"])
+    assert live == sim == (HP, -errno.EACCES, 2048)
