@@ -428,3 +428,39 @@ def test_collapse_continues_past_a_region_without_a_pmd_table(m):
     ev = m.collapse_events()
     assert list(ev["result"][:3]) == [ScanResult.SCAN_PMD_NULL, ScanResult.SCAN_PMD_NULL,
                                       ScanResult.SCAN_SUCCEED]
+
+
+def test_costs_are_charged_to_the_actor(m):
+    c = m.costs
+    p = m.spawn()
+    a = p.mmap(4 * HPAGE)
+    p.write(a, HPAGE)                                   # 512 4 KiB faults
+    assert m.cpu_ns[p.pid] == 512 * c.fault_4k_ns
+    assert m.latency("fault")["count"] == 512 and m.latency("fault")["p50"] == c.fault_4k_ns
+    agent = m.spawn(name="agent")
+    fd = agent.pidfd_open(p.pid)
+    agent.process_madvise(fd, [(a, HPAGE)], MADV_COLLAPSE)   # the caller pays for the collapse
+    assert m.cpu_ns[agent.pid] == c.collapse_2m_ns
+    assert m.cpu_ns[p.pid] == 512 * c.fault_4k_ns
+    lat = m.latency("collapse")
+    assert lat["count"] == 1 and lat["p99"] == c.collapse_2m_ns
+    p.write(a + HPAGE, PAGE)
+    p.madvise(a + HPAGE, HPAGE, MADV_HUGEPAGE)
+    m.khugepaged.wait_full_scans(2)
+    assert m.cpu_ns["khugepaged"] >= c.collapse_2m_ns - 511 * (c.copy_4k_ns - c.zero_4k_ns)
+    ev = m.collapse_events()
+    assert ev["latency_ns"][ev["result"] == ScanResult.SCAN_SUCCEED].min() > 0
+    with pytest.raises(ValueError):
+        m.latency("bogus")
+
+
+def test_cost_profiles_load_and_validate(tmp_path):
+    import json
+    from thpcore.costs import CostModel
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps({"fault_4k_ns": 1000}))
+    m = thpcore.Machine("256M", costs=str(path))
+    assert m.costs.fault_4k_ns == 1000 and m.costs.copy_4k_ns == CostModel().copy_4k_ns
+    for bad in ({"fault_4k_ns": -1}, {"nope": 1}, {"copy_4k_ns": 1.5}):
+        with pytest.raises(ValueError):
+            thpcore.Machine("256M", costs=bad)

@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("scenario", nargs="?", help="scenario TOML file")
     run.add_argument("-o", "--output", help="directory for results.csv")
     run.set_defaults(func=cmd_run)
+    cal = sub.add_parser("calibrate", help="measure the cost model on this host (no sysfs changes)")
+    cal.add_argument("-o", "--output", help="write the cost profile (JSON) here; "
+                     "Machine(costs=PATH) loads it")
+    cal.set_defaults(func=lambda a: __import__("thpcore.calibrate", fromlist=["main"]).main(a.output))
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -147,6 +147,7 @@ def split_huge_pmd(machine: "Machine", mm: MM, region: int) -> None:
         _drop_pmd_mapping_count(machine, head)
     mm.set_pmd(region, make_table_pmd(tid))
     machine.count("thp_split_pmd")
+    machine.charge(machine.costs.split_pmd_ns + machine.costs.tlb_flush_ns)
 
 
 def _drop_pmd_mapping_count(machine: "Machine", head: int) -> None:

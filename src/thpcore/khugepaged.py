@@ -46,6 +46,18 @@ def madvise_collapse_errno(result: ScanResult) -> int:
     return errno.EINVAL
 
 
+def collapse_cost(machine: "Machine", present: int, none: int, swapped: int) -> int:
+    """A collapse: the measured cost of a full 2 MiB MADV_COLLAPSE, less the copies it did not
+    need (none/zero subpages are cleared instead), plus synchronous swap-ins."""
+    c = machine.costs
+    fixed = max(c.collapse_2m_ns - HPAGE_PMD_NR * c.copy_4k_ns, 0)
+    return fixed + present * c.copy_4k_ns + none * c.zero_4k_ns + swapped * c.swap_in_4k_ns
+
+
+def scan_cost(machine: "Machine") -> int:
+    return HPAGE_PMD_NR * machine.costs.pte_scan_ns
+
+
 class CollapseControl:
     """struct collapse_control: who is collapsing, with which limits and which gfp."""
 
@@ -90,8 +102,15 @@ def hpage_collapse_scan_pmd(machine: "Machine", mm: MM, vma: VMA, region: int,
             machine.count("thp_scan_exceed_swap_pte")
         elif result == ScanResult.SCAN_EXCEED_SHARED_PTE:
             machine.count("thp_scan_exceed_share_pte")
+        latency = scan_cost(machine)
         if result == ScanResult.SCAN_SUCCEED:
             result = collapse_huge_page(machine, mm, vma, region, cc, counts["unmapped"])
+            present = HPAGE_PMD_NR - counts["none_or_zero"] - counts["unmapped"]
+            latency = collapse_cost(machine, present, counts["none_or_zero"], counts["unmapped"])
+            machine.charge(latency, "collapse")
+        else:
+            machine.charge(latency)
+        counts["latency_ns"] = latency
     machine.record_collapse_event(pid, region, CONTEXT_KHUGEPAGED if cc.is_khugepaged
                                   else CONTEXT_MADV_COLLAPSE, int(result), counts)
     return result
@@ -190,6 +209,11 @@ def _collapse_batch(machine: "Machine", mm: MM, vma: VMA, start: int, hend: int,
     done = pt.collapse_run(tids, codes, counts, heads, fast, slow)
     handled = codes[:done]
     made = np.nonzero((handled == ScanResult.SCAN_SUCCEED) & (tids[:done] >= 0))[0]
+    latency = np.where(tids[:done] >= 0, scan_cost(machine), 0).astype(np.int64)
+    for i in made:
+        latency[i] = collapse_cost(machine, int(counts[i, 3]), int(counts[i, 0]), 0)
+        machine.charge(int(latency[i]), "collapse")
+    machine.charge(scan_cost(machine), None, int(((tids[:done] >= 0) & (handled != ScanResult.SCAN_SUCCEED)).sum()))
     for i in made:
         region = start + int(i) * PMD_SIZE
         mm.anon_rss -= int(counts[i, 3])              # the released 4 KiB pages
@@ -206,6 +230,7 @@ def _collapse_batch(machine: "Machine", mm: MM, vma: VMA, start: int, hend: int,
     ev["address"] = start + np.arange(done, dtype=np.uint64) * np.uint64(PMD_SIZE)
     ev["result"] = handled
     ev["none_or_zero"], ev["unmapped"], ev["shared"] = counts[:done, 0], counts[:done, 1], counts[:done, 2]
+    ev["latency_ns"] = latency
     machine._collapse_events.append(ev)
     results = [ScanResult(int(c)) for c in handled]
     covered = done * PMD_SIZE
@@ -329,10 +354,15 @@ class Khugepaged:
             if k:
                 m.count(event, k)
         result = ScanResult(int(codes[-1]))
+        latency = np.where(tids[:done] >= 0, scan_cost(m), 0).astype(np.int64)
+        m.charge(scan_cost(m), None, int((tids[:done] >= 0).sum()))
         if result == ScanResult.SCAN_SUCCEED:
             result = collapse_huge_page(m, mm, vma, start + (done - 1) * PMD_SIZE, cc,
                                         int(counts[-1, 1]))
             codes[-1] = int(result)
+            none, swapped = int(counts[-1, 0]), int(counts[-1, 1])
+            latency[-1] = collapse_cost(m, HPAGE_PMD_NR - none - swapped, none, swapped)
+            m.charge(int(latency[-1]), "collapse")
             if result == ScanResult.SCAN_SUCCEED:
                 t._set_counter("pages_collapsed", t.pages_collapsed + 1)
         ev = np.zeros(done, dtype=EVENT_DTYPE)
@@ -343,11 +373,16 @@ class Khugepaged:
         ev["result"] = codes
         ev["none_or_zero"], ev["unmapped"] = counts[:, 0], counts[:, 1]
         ev["shared"], ev["referenced"] = counts[:, 2], counts[:, 3]
+        ev["latency_ns"] = latency
         m._collapse_events.append(ev)
         return done, result
 
     def do_scan(self) -> None:
         """khugepaged_do_scan(): one pass with a budget of pages_to_scan."""
+        with self.m.acting("khugepaged"):
+            self._do_scan()
+
+    def _do_scan(self) -> None:
         m = self.m
         pages = m.thp.khugepaged.pages_to_scan
         progress = 0

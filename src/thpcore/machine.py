@@ -57,7 +57,7 @@ class Machine:
 
     def __init__(self, memory: int | str = "4G", swap: int | str | None = None, seed: int = 0,
                  kernel: str = "6.18", transparent_hugepage: str = "madvise",
-                 swap_device: str = "file"):
+                 swap_device: str = "file", costs=None):
         nbytes = parse_size(memory, what="memory")
         if nbytes % PAGEBLOCK_BYTES:
             raise ValueError(f"memory must be a multiple of 2 MiB (one pageblock), got {nbytes}")
@@ -81,6 +81,10 @@ class Machine:
         if transparent_hugepage not in ("always", "madvise", "never"):
             raise ValueError("transparent_hugepage must be 'always', 'madvise' or 'never'")
 
+        from .costs import Accounting, CostModel
+        self.costs = CostModel.load(costs)
+        self.accounting = Accounting()
+        self.actor = None                 # who pays for the work being done right now
         self.memory_bytes = nbytes
         self.kernel = kernel
         self.seed = int(seed)
@@ -167,7 +171,8 @@ class Machine:
         """One mm_khugepaged_scan_pmd-like trace record per scanned region."""
         self._collapse_events.append((self.clock_ns, pid, address, context, result,
                                       counts["none_or_zero"], counts["unmapped"],
-                                      counts["shared"], counts["referenced"], 0))
+                                      counts["shared"], counts["referenced"],
+                                      counts.get("latency_ns", 0)))
 
     def collapse_events(self) -> np.ndarray:
         """Every collapse scan so far as a structured array (see khugepaged.EVENT_DTYPE)."""
@@ -175,6 +180,34 @@ class Machine:
         parts = [e if isinstance(e, np.ndarray) else np.array([e], dtype=EVENT_DTYPE)
                  for e in self._collapse_events]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=EVENT_DTYPE)
+
+    # ---- cost model ----------------------------------------------------------------------------
+
+    @property
+    def cpu_ns(self) -> dict:
+        """Simulated CPU nanoseconds per actor: each pid, "khugepaged", "kcompactd", "kswapd"."""
+        return dict(self.accounting.cpu_ns)
+
+    def latency(self, kind: str) -> dict[str, float]:
+        """count, mean, p50, p99, p99.9 (ns) of "fault", "collapse", "compact_stall" or "swap_in"."""
+        return self.accounting.latency(kind)
+
+    def charge(self, ns: int, kind: str | None = None, count: int = 1, actor=None) -> None:
+        self.accounting.charge(self.actor if actor is None else actor, ns, kind, count)
+
+    def acting(self, actor):
+        """Context manager: charge the work done inside to `actor`."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def scope():
+            saved = self.actor
+            self.actor = actor
+            try:
+                yield
+            finally:
+                self.actor = saved
+        return scope()
 
     # ---- time ----------------------------------------------------------------------------------
 

@@ -66,6 +66,7 @@ def _do_huge_pmd_anonymous_page(machine: "Machine", mm: MM, vma: VMA, region: in
         if deposit < 0:
             raise OutOfMemory("no memory for a page table")
         mm.set_pmd(region, make_huge_zero_pmd(deposit))
+        machine.charge(machine.costs.fault_zero_page_ns, "fault")
         return True
     head = alloc_thp(machine, vma_thp_gfp_mask(machine, vma))
     if head < 0:
@@ -79,6 +80,7 @@ def _do_huge_pmd_anonymous_page(machine: "Machine", mm: MM, vma: VMA, region: in
     map_new_thp(machine, mm, vma, region, head, deposit)
     machine.count("thp_fault_alloc")
     machine.count_mthp("anon_fault_alloc")
+    machine.charge(machine.costs.fault_thp_ns, "fault")
     return True
 
 
@@ -92,6 +94,7 @@ def _wp_huge_pmd(machine: "Machine", mm: MM, vma: VMA, region: int) -> bool:
             map_new_thp(machine, mm, vma, region, head, pmd_table_id(entry))
             machine.count("thp_fault_alloc")
             machine.count_mthp("anon_fault_alloc")
+            machine.charge(machine.costs.fault_thp_ns, "fault")
             return True
         machine.count("thp_fault_fallback")
         machine.count_mthp("anon_fault_fallback")
@@ -165,6 +168,12 @@ def handle_mm_fault_range(machine: "Machine", mm: MM, vma: VMA, start: int, end:
 
 
 def _account(machine: "Machine", mm: MM, stats: dict) -> None:
+    c = machine.costs
+    fresh = stats["anon_allocated"] - stats["swapped_in"]
+    machine.charge(c.fault_4k_ns, "fault", fresh)
+    machine.charge(c.fault_zero_page_ns, "fault", max(stats["zero_mapped"], 0) + stats["reused"])
+    machine.charge(c.fault_4k_ns - c.zero_4k_ns + c.copy_4k_ns, "fault", stats["cow_copied"])
+    machine.charge(c.swap_in_4k_ns, "swap_in", stats["swapped_in"])
     mm.anon_rss += stats["anon_allocated"] - stats["rss_removed"]
     mm.swap_ents -= stats["swapped_in"]
     mm.hiwater_rss = max(mm.hiwater_rss, mm.anon_rss)

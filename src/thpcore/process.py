@@ -44,6 +44,22 @@ class SegmentationFault(OSError):
         self.addr = addr
 
 
+def _syscall(fn):
+    """Run a system call of this process with its pid as the actor charged for the work."""
+    import functools
+
+    @functools.wraps(fn)
+    def call(self, *args, **kwargs):
+        m = self.machine
+        saved = m.actor
+        m.actor = self.pid
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            m.actor = saved
+    return call
+
+
 def _int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
@@ -78,6 +94,7 @@ class Process:
 
     # ---- mappings ----------------------------------------------------------------------------
 
+    @_syscall
     def mmap(self, length: int, prot: int = PROT_READ | PROT_WRITE,
              flags: int = MAP_PRIVATE | MAP_ANONYMOUS, addr: int | None = None) -> int:
         """mmap(2) of private anonymous memory; returns the address."""
@@ -92,13 +109,16 @@ class Process:
                                   write=bool(vma.flags & VM_WRITE))
         return start
 
+    @_syscall
     def munmap(self, addr: int, length: int) -> None:
         do_munmap(self.machine, self._live(), _int(addr, "addr"), _int(length, "length"))
 
+    @_syscall
     def mprotect(self, addr: int, length: int, prot: int) -> None:
         do_mprotect(self.machine, self._live(), _int(addr, "addr"), _int(length, "length"),
                     _int(prot, "prot"))
 
+    @_syscall
     def madvise(self, addr: int, length: int, advice: int) -> None:
         """madvise(2); raises OSError with the kernel's errno."""
         do_madvise(self.machine, self._live(), _int(addr, "addr"), _int(length, "length"),
@@ -130,6 +150,7 @@ class Process:
             raise SegmentationFault(pos, "unmapped address")
         return pieces
 
+    @_syscall
     def write(self, addr: int, length: int, value: int | None = None) -> None:
         """Write every page of the range (storing `value`, or fresh non-zero content words)."""
         if value is not None:
@@ -145,6 +166,7 @@ class Process:
         for vma, lo, hi in pieces:
             handle_mm_fault_range(m, self.mm, vma, lo, hi, True, mode, word, None)
 
+    @_syscall
     def read(self, addr: int, length: int) -> np.ndarray:
         """Read every page of the range; returns one content word per page (0 = zeroes)."""
         pieces = self._access_range(addr, length, VM_READ)
@@ -178,6 +200,7 @@ class Process:
         if self.fds.pop(_int(fd, "fd"), None) is None:
             raise OSError(errno.EBADF, "Bad file descriptor")
 
+    @_syscall
     def process_madvise(self, pidfd: int, iovecs, advice: int, flags: int = 0) -> int:
         """process_madvise(2): returns the bytes of the iovecs fully advised."""
         from .khugepaged import process_madvise
@@ -185,6 +208,7 @@ class Process:
 
     # ---- process control ---------------------------------------------------------------------
 
+    @_syscall
     def fork(self) -> "Process":
         """fork(2): a child with a copy-on-write copy of the address space."""
         mm = self._live()
@@ -205,6 +229,7 @@ class Process:
             raise OSError(errno.ENOMEM, "Cannot allocate memory: range not fully mapped")
         return mm, start, end
 
+    @_syscall
     def mlock(self, addr: int, length: int) -> None:
         """mlock(2): lock the VMAs of the range and populate them (write faults where writable)."""
         from .madvise import _set_vma_flags
@@ -217,6 +242,7 @@ class Process:
                 self.machine.populate(mm, vma, max(start, vma.start), min(end, vma.end),
                                       write=bool(vma.flags & VM_WRITE))
 
+    @_syscall
     def munlock(self, addr: int, length: int) -> None:
         from .madvise import _set_vma_flags
         mm, start, end = self._mlock_range(addr, length)
@@ -224,6 +250,7 @@ class Process:
             _set_vma_flags(self.machine, mm, vma, max(start, vma.start), min(end, vma.end),
                            0, VM_LOCKED)
 
+    @_syscall
     def prctl(self, option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
         mm = self._live()
         option = _int(option, "option")
@@ -247,6 +274,7 @@ class Process:
             return 1 | (mm.thp_disable - 1)
         raise OSError(errno.EINVAL, f"Invalid argument: prctl option {option} is not modelled")
 
+    @_syscall
     def exit(self) -> None:
         """exit_mmap(): unmap everything, free the page tables, leave khugepaged's list."""
         mm = self._live()

@@ -91,6 +91,7 @@ def madvise_cold_or_pageout(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: i
 
 def _account_pageout(machine: "Machine", mm: MM, stats: dict) -> None:
     out = stats["swapped_out"]
+    machine.charge(machine.costs.swap_out_4k_ns, None, out)
     mm.anon_rss -= stats["rss_removed"]
     mm.swap_ents += out
     machine.count("pswpout", out)
