@@ -8,12 +8,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import thpcore
-from thpcore import (MADV_COLD, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE,
+from thpcore import (MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE,
                      MADV_PAGEOUT, PROT_NONE, PROT_READ, PROT_WRITE, SegmentationFault)
 
 PAGE = 4096
 MB = 1 << 20
-ADVICE = [MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTNEED, MADV_COLD, MADV_PAGEOUT, MADV_FREE, 0]
+ADVICE = [MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTNEED, MADV_COLD, MADV_PAGEOUT, MADV_FREE, 0,
+          MADV_COLLAPSE]
 
 
 class ProcessMachine(RuleBasedStateMachine):
@@ -103,7 +104,7 @@ class ProcessMachine(RuleBasedStateMachine):
         try:
             p.madvise(addr, length, advice)
         except OSError as e:
-            assert e.errno in (errno.ENOMEM, errno.EINVAL)
+            assert e.errno in (errno.ENOMEM, errno.EINVAL, errno.EAGAIN, errno.EBUSY)
         if advice == MADV_DONTNEED:
             for a in range(addr, addr + length, PAGE):
                 if p.mm.vmas.find(a) is not None and not p.mm.vmas.find(a).flags & 0x2000:
@@ -140,6 +141,12 @@ class ProcessMachine(RuleBasedStateMachine):
         self.procs[c.pid] = c
         self.content[c.pid] = dict(self.content[p.pid])
         self.areas[c.pid] = list(self.areas[p.pid])
+
+    @rule(ms=st.sampled_from([0, 10, 1000]), none=st.sampled_from([0, 64, 511]))
+    def khugepaged(self, ms, none):
+        self.m.thp.khugepaged.max_ptes_none = none
+        self.m.thp.khugepaged.scan_sleep_millisecs = 10
+        self.m.run(ms=ms)
 
     @precondition(lambda self: len(self.procs) > 1)
     @rule(data=st.data())

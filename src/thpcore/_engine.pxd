@@ -296,6 +296,7 @@ cdef class PageTables:
     cdef void table_free(self, int64_t tid) noexcept nogil
     cdef int64_t alloc_user_page(self, uint32_t content, uint16_t memcg) noexcept nogil
     cdef void put_user_frame(self, uint32_t pfn) noexcept nogil
+    cdef void free_order0_batch(self, uint32_t* pfns, int n) noexcept nogil
     cdef void note_folio_unmapped(self, uint32_t pfn) noexcept nogil
     cdef int fault_pte_range(self, int64_t tid, int i0, int i1, bint write, bint vma_write,
                              int64_t vpn0, int value_mode, uint32_t value, uint32_t* out,
