@@ -147,6 +147,7 @@ cdef class Zone:
     cdef void prep_new_page(self, uint32_t pfn, int order, uint8_t page_flags) noexcept nogil
     cdef void free_one_page(self, uint32_t pfn, int order, int mt, bint fpi_to_tail) noexcept nogil
     cdef void free_pages(self, uint32_t pfn, int order) noexcept nogil
+    cdef void free_order0_runs(self, uint32_t* pfns, int n) noexcept nogil
     cdef void free_boot_memory(self) noexcept nogil
     cdef void split_large_buddy(self, uint32_t pfn, int order, bint fpi_to_tail) noexcept nogil
     cdef int find_suitable_fallback(self, int order, int mt, bint claimable) noexcept nogil

@@ -53,6 +53,11 @@ CHECK_MESSAGES = {
     CHECK_BAD_MIGRATETYPE: "pageblock has an invalid migratetype",
 }
 
+cdef int cmp_u32(const void* a, const void* b) noexcept nogil:
+    cdef uint32_t x = (<const uint32_t*>a)[0], y = (<const uint32_t*>b)[0]
+    return (x > y) - (x < y)
+
+
 cdef inline bint migratetype_is_mergeable(int mt) noexcept nogil:
     return mt < MIGRATE_PCPTYPES
 
@@ -446,6 +451,28 @@ cdef class Zone:
         self.pgfree += n
         self.split_large_buddy(pfn, order, False)
 
+    cdef void free_order0_runs(self, uint32_t* pfns, int n) noexcept nogil:
+        """Free n allocated order-0 blocks. Sorted, aligned runs of 2^k consecutive pages are
+        freed as one order-k block: the free lists end in the same state as freeing the pages
+        one by one in any order (the merges inside a run leave nothing behind), far cheaper."""
+        cdef int i = 0, k, j
+        cdef uint32_t p
+        for j in range(1, n):                 # pages faulted in order arrive sorted already
+            if pfns[j] < pfns[j - 1]:
+                qsort(pfns, n, sizeof(uint32_t), cmp_u32)
+                break
+        while i < n:
+            p = pfns[i]
+            k = 0
+            while k < PAGEBLOCK_ORDER:
+                if (p & ((<uint32_t>2 << k) - 1)) or i + (2 << k) > n:
+                    break
+                if pfns[i + (2 << k) - 1] != p + (<uint32_t>2 << k) - 1:
+                    break
+                k += 1
+            self.free_pages(p, k)
+            i += 1 << k
+
     # ----------------------------------------------------------------------------------------
     # invariants
 
@@ -630,6 +657,21 @@ cdef class Zone:
             for i in range(n):
                 self.free_pages(<uint32_t>view[i], order)
 
+    def free_runs(self, pfns):
+        """Free order-0 blocks (validated first) through free_order0_runs."""
+        arr = np.array(pfns, dtype=np.uint32)
+        if arr.ndim != 1 or arr.size > 512:
+            raise ValueError("at most 512 pfns, one-dimensional")
+        if np.unique(arr).size != arr.size:
+            raise ValueError("the same block twice (double free)")
+        cdef int i
+        for i in range(arr.size):
+            self._check_freeable(arr[i], 0, 0)
+        cdef uint32_t[::1] v = arr
+        if arr.size:
+            with nogil:
+                self.free_order0_runs(&v[0], v.shape[0])
+
     def check(self):
         """Return 0 when every invariant holds, else a CHECK_* code (see CHECK_MESSAGES)."""
         cdef int rc
@@ -715,11 +757,6 @@ cdef inline uint32_t mix_content(int64_t vpn, uint32_t seed) noexcept nogil:
     x ^= x >> 27
     cdef uint32_t r = <uint32_t>(x ^ (x >> 32))
     return r if r else 1
-
-
-cdef int cmp_u32(const void* a, const void* b) noexcept nogil:
-    cdef uint32_t x = (<const uint32_t*>a)[0], y = (<const uint32_t*>b)[0]
-    return (x > y) - (x < y)
 
 
 cdef inline uint32_t page_value(int value_mode, uint32_t value, int64_t vpn) noexcept nogil:
@@ -868,27 +905,8 @@ cdef class PageTables:
             self.note_folio_unmapped(pfn)
 
     cdef void free_order0_batch(self, uint32_t* pfns, int n) noexcept nogil:
-        """Free n unmapped order-0 user pages. Sorted, aligned runs of 2^k consecutive pages are
-        freed as one order-k block: the buddy lists end in the same state as freeing them one
-        by one (the merges inside a run leave nothing behind), at a fraction of the cost."""
-        cdef int i = 0, k, j
-        cdef uint32_t p
-        for j in range(1, n):                 # pages faulted in order arrive sorted already
-            if pfns[j] < pfns[j - 1]:
-                qsort(pfns, n, sizeof(uint32_t), cmp_u32)
-                break
-        while i < n:
-            p = pfns[i]
-            k = 0
-            while k < PAGEBLOCK_ORDER:
-                if (p & ((<uint32_t>2 << k) - 1)) or i + (2 << k) > n:
-                    break
-                if pfns[i + (2 << k) - 1] != p + (<uint32_t>2 << k) - 1:
-                    break
-                k += 1
-            self.zone.free_pages(p, k)
-            self.stats.pages_freed += 1 << k
-            i += 1 << k
+        self.zone.free_order0_runs(pfns, n)
+        self.stats.pages_freed += n
 
     cdef int fault_pte_range(self, int64_t tid, int i0, int i1, bint write, bint vma_write,
                              int64_t vpn0, int value_mode, uint32_t value, uint32_t* out,
