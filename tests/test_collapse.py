@@ -125,7 +125,7 @@ def test_khugepaged_counters_and_budget(m):
 
 
 def test_khugepaged_allocation_failure_sleeps_and_counts(m):
-    pfns = m.kernel_alloc_bulk(0, "movable", 1 << 20)
+    pfns = m.kernel_alloc_bulk(0, "unmovable", 1 << 20)     # pins compaction cannot move
     m.kernel_free_bulk([x for x in pfns if x % 512 != 3][:len(pfns) // 4], 0)
     m.kernel_alloc_bulk(9, "unmovable", 10_000)
     p = m.spawn()
@@ -258,7 +258,7 @@ def test_collapse_swaps_in_and_copies_shared_pages(m):
 
 
 def test_collapse_allocation_failure_is_enomem(m):
-    pfns = m.kernel_alloc_bulk(0, "movable", 1 << 20)
+    pfns = m.kernel_alloc_bulk(0, "unmovable", 1 << 20)     # pins compaction cannot move
     m.kernel_free_bulk([x for x in pfns if x % 512 != 3], 0)
     m.kernel_alloc_bulk(9, "unmovable", 10_000)
     p = m.spawn()

@@ -76,7 +76,7 @@ def test_fallback_when_no_order9_block_is_free():
     m = thpcore.Machine("64M", seed=0)
     m.thp.enabled = "madvise"                     # below 512 MiB THP boots disabled
     # Pin every pageblock with one unmovable page, as slab growth under pressure does.
-    pfns = m.kernel_alloc_bulk(0, "movable", 1 << 20)
+    pfns = m.kernel_alloc_bulk(0, "unmovable", 1 << 20)     # pins compaction cannot move
     m.kernel_free_bulk([x for x in pfns if x % 512 != 7], 0)
     m.kernel_alloc_bulk(9, "unmovable", 100)      # the never-filled tail below the watermark
     assert m.page_alloc.free_blocks_at_least(9) == 0

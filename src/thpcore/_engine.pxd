@@ -266,6 +266,27 @@ cdef struct ScanCounts:
     bint writable
 
 
+cdef struct CompactStats:
+    int64_t migrate_scanned         # pfns the migrate scanner looked at
+    int64_t free_scanned            # pfns the free scanner looked at
+    int64_t isolated                # pages isolated: migration sources plus free targets
+    int64_t migrated                # pages moved (pgmigrate_success)
+    int64_t pageblocks_skipped      # pageblocks passed over on their skip hint
+
+
+# Compaction results (enum compact_result, in the kernel's order).
+cdef enum:
+    COMPACT_NOT_SUITABLE_ZONE = 0
+    COMPACT_SKIPPED = 1
+    COMPACT_DEFERRED = 2
+    COMPACT_NO_SUITABLE_PAGE = 3
+    COMPACT_CONTINUE = 4
+    COMPACT_COMPLETE = 5
+    COMPACT_PARTIAL_SKIPPED = 6
+    COMPACT_CONTENDED = 7
+    COMPACT_SUCCESS = 8
+
+
 cdef class PageTables:
     """The machine's pool of PTE tables (shared by every mm), and the swap device.
 
@@ -290,6 +311,11 @@ cdef class PageTables:
     cdef uint8_t[::1] swap_map              # references to each slot (0 = free)
     cdef uint32_t[::1] swap_content         # the content word stored in each slot
     cdef uint32_t partial_head_pfns[512]        # THPs the last zap left partly mapped
+    # compaction state (struct zone's compact_* fields)
+    cdef uint8_t[::1] pb_skip               # PB_migrate_skip hint of each pageblock
+    cdef readonly int64_t cached_migrate_pfn    # where the next migrate scan starts
+    cdef readonly int64_t cached_free_pfn       # where the next free scan starts (a pageblock)
+    cdef CompactStats cstats
     cdef int nr_partial_heads
     cdef FaultStats stats                   # results of the last kernel call
 
@@ -310,5 +336,6 @@ cdef class PageTables:
     cdef int scan_pte_table(self, int64_t tid, bint is_khugepaged, int max_none, int max_swap,
                             int max_shared, bint require_writable) noexcept nogil
     cdef int _check_tid(self, int64_t tid) except -1
+    cdef bint compaction_finished(self, int order) noexcept nogil
     cdef int _check_thp(self, int64_t head, int i0, int i1) except -1
 

@@ -679,6 +679,12 @@ cdef class Zone:
             rc = self.check_invariants()
         return rc
 
+    def watermark_ok(self, int order, int64_t mark):
+        """__zone_watermark_ok() for an order and a mark in pages (no reserves)."""
+        if not 0 <= order <= MAX_PAGE_ORDER:
+            raise ValueError("bad order")
+        return bool(self.zone_watermark_ok(order, mark))
+
     def set_watermarks(self, int64_t wmin, int64_t wlow, int64_t whigh):
         if not 0 <= wmin <= wlow <= whigh:
             raise ValueError("watermarks must satisfy 0 <= min <= low <= high")
@@ -806,6 +812,9 @@ cdef class PageTables:
         if swap_slots:
             self.swap_map[0] = 0xFF         # slot 0 holds the swap header (SWAP_MAP_BAD)
         self.nr_partial_heads = 0
+        self.pb_skip = np.zeros(zone.nr_pageblocks, dtype=np.uint8)
+        self.cached_migrate_pfn = 0
+        self.cached_free_pfn = zone.nr_pages - PAGEBLOCK_NR_PAGES
         self.reserve(64)
 
     def reserve(self, int64_t n):
@@ -1276,7 +1285,8 @@ cdef class PageTables:
         return done
 
     def collapse_run(self, int64_t[::1] tids, uint8_t[::1] codes, int16_t[:, ::1] counts,
-                     uint32_t[::1] heads, int alloc_fast, int alloc_slow, int memcg=0):
+                     uint32_t[::1] heads, int alloc_fast, int alloc_slow, int memcg=0,
+                     bint stop_on_alloc_fail=False):
         """madvise_collapse()'s region loop for regions whose PMD needs no swap-in: scan without
         limits, allocate, copy, release the old pages, and classify like the kernel (continue
         or abort). tids[i] < 0 means the caller put the region's code in codes[i] already.
@@ -1310,6 +1320,10 @@ cdef class PageTables:
                         head = self.zone.alloc_one(PAGEBLOCK_ORDER, MIGRATE_MOVABLE, alloc_fast, PG_lru)
                         if head < 0:
                             head = self.zone.alloc_one(PAGEBLOCK_ORDER, MIGRATE_MOVABLE, alloc_slow, PG_lru)
+                        if head < 0 and stop_on_alloc_fail:
+                            codes[i] = 254             # the caller compacts and retries it
+                            done = i
+                            break
                         if head < 0:
                             rc = SCAN_ALLOC_HUGE_PAGE_FAIL
                         else:
@@ -1377,6 +1391,174 @@ cdef class PageTables:
                     released += 1
                     self.put_user_frame(pte >> PTE_PFN_SHIFT)
         return released
+
+    # ---- compaction (mm/compaction.c) -------------------------------------------------------
+
+    cdef bint compaction_finished(self, int order) noexcept nogil:
+        """__compact_finished() for a movable request: a free block of at least `order` that
+        the allocation could use or claim."""
+        cdef int o, mt
+        for o in range(order, NR_PAGE_ORDERS):
+            for mt in range(MIGRATE_PCPTYPES):
+                if self.zone.nr_free[mt][o]:
+                    if mt == MIGRATE_MOVABLE or o >= PAGEBLOCK_ORDER // 2:
+                        return True
+        return False
+
+    def compact(self, int order, bint sync, bint whole_zone, int64_t max_migrate=-1):
+        """compact_zone() for MOVABLE requests of `order` (-1: full compaction, as
+        /proc/sys/vm/compact_memory). Migrate scanner up from the cached pfn, free scanner down
+        from the cached free pfn; order-0 LRU and movable_ops pages move (contents, mapcounts
+        and every PTE that maps them follow); unmovable pages, page tables and THPs stay.
+        Returns a COMPACT_* code; per-run figures in compact_stats()."""
+        cdef Zone z = self.zone
+        cdef int64_t n = z.nr_pages, i, j, p, tid, slot, total
+        cdef int64_t mig, fre, pb, end, o, newpfn, nt = 0, ntmax = 4096
+        cdef uint32_t pte
+        cdef uint8_t f
+        cdef bint isolated_any, met = False, success = False
+        cdef int result
+        memset(&self.cstats, 0, sizeof(CompactStats))
+        # Reverse map for this run: the PTE slots that map each frame (CSR over the pool).
+        offs_np = np.zeros(n + 1, dtype=np.uint32)
+        cdef uint32_t[::1] offs = offs_np
+        with nogil:
+            for tid in range(self.capacity):
+                if self.table_pfn[tid] == PFN_NONE:
+                    continue
+                for i in range(PTRS_PER_PTE):
+                    pte = self.ptes[tid * PTRS_PER_PTE + i]
+                    if pte & PTE_PRESENT:
+                        offs[(pte >> PTE_PFN_SHIFT) + 1] += 1
+            for p in range(n):
+                offs[p + 1] += offs[p]
+        total = offs[n]
+        slots_np = np.zeros(max(total, 1), dtype=np.uint32)
+        fill_np = offs_np[:n].copy()
+        targets_np = np.zeros(ntmax, dtype=np.uint32)
+        cdef uint32_t[::1] slots = slots_np
+        cdef uint32_t[::1] fill = fill_np
+        cdef uint32_t[::1] targets = targets_np
+        with nogil:
+            for tid in range(self.capacity):
+                if self.table_pfn[tid] == PFN_NONE:
+                    continue
+                for i in range(PTRS_PER_PTE):
+                    pte = self.ptes[tid * PTRS_PER_PTE + i]
+                    if pte & PTE_PRESENT:
+                        p = pte >> PTE_PFN_SHIFT
+                        slots[fill[p]] = <uint32_t>(tid * PTRS_PER_PTE + i)
+                        fill[p] += 1
+
+            mig = 0 if whole_zone else self.cached_migrate_pfn
+            fre = (n - PAGEBLOCK_NR_PAGES) if whole_zone else self.cached_free_pfn
+            while mig < fre + PAGEBLOCK_NR_PAGES and not success:
+                pb = mig >> PAGEBLOCK_ORDER
+                end = mig + PAGEBLOCK_NR_PAGES
+                if mig >= fre:
+                    met = True
+                    break
+                if self.pb_skip[pb] and not whole_zone:
+                    self.cstats.pageblocks_skipped += 1
+                    mig = end
+                    continue
+                if not sync and z.pageblock_mt[pb] != MIGRATE_MOVABLE:
+                    mig = end                      # async only takes movable pageblocks
+                    continue
+                isolated_any = False
+                p = mig
+                while p < end:
+                    f = z.flags[p]
+                    self.cstats.migrate_scanned += 1
+                    if f & PG_buddy:
+                        p += <int64_t>1 << z.order[p]
+                        continue
+                    if (f & PG_head) and z.order[p] > 0:
+                        p += <int64_t>1 << z.order[p]          # compound: THPs are not moved
+                        continue
+                    if not (f & PG_head) or not (f & (PG_lru | PG_movable_ops)) or (f & PG_pgtable):
+                        p += 1
+                        continue
+                    # A target page from the free scanner (isolate_freepages).
+                    while nt == 0 and fre > mig:
+                        o = fre
+                        self.cstats.free_scanned += 0
+                        if (z.pageblock_mt[fre >> PAGEBLOCK_ORDER] == MIGRATE_MOVABLE
+                                or ((z.flags[fre] & PG_buddy) and z.order[fre] >= PAGEBLOCK_ORDER)) \
+                                and not (self.pb_skip[fre >> PAGEBLOCK_ORDER] and not whole_zone):
+                            j = fre
+                            while j < fre + PAGEBLOCK_NR_PAGES and nt < ntmax - 1024:
+                                self.cstats.free_scanned += 1
+                                if z.flags[j] & PG_buddy:
+                                    o = z.order[j]
+                                    # __isolate_free_page(): keep the zone above min + 2^order.
+                                    if z.nr_free_pages - (<int64_t>1 << o) <= z.watermark[WMARK_MIN]:
+                                        break
+                                    z.del_from_free_list(<uint32_t>j, <int>o,
+                                                         z.pageblock_mt[j >> PAGEBLOCK_ORDER])
+                                    for i in range(<int64_t>1 << o):
+                                        z.flags[j + i] = 0
+                                        targets[nt] = <uint32_t>(j + i)
+                                        nt += 1
+                                    self.cstats.isolated += <int64_t>1 << o
+                                    j += <int64_t>1 << o
+                                else:
+                                    j += 1
+                            if nt == 0:
+                                self.pb_skip[fre >> PAGEBLOCK_ORDER] = 1
+                        fre -= PAGEBLOCK_NR_PAGES
+                    if nt == 0:
+                        break                              # no free page left to move into
+                    # migrate_pages(): move p to a target page.
+                    nt -= 1
+                    newpfn = targets[nt]
+                    z.flags[newpfn] = f
+                    z.order[newpfn] = 0
+                    z.content[newpfn] = z.content[p]
+                    z.mapcount[newpfn] = z.mapcount[p]
+                    z.memcg[newpfn] = z.memcg[p]
+                    for j in range(offs[p], offs[p + 1]):
+                        slot = slots[j]
+                        self.ptes[slot] = (<uint32_t>newpfn << PTE_PFN_SHIFT) | (self.ptes[slot] & 0xF)
+                    z.mapcount[p] = 0
+                    z.free_pages(<uint32_t>p, 0)
+                    self.cstats.isolated += 1
+                    self.cstats.migrated += 1
+                    isolated_any = True
+                    if max_migrate >= 0 and self.cstats.migrated >= max_migrate:
+                        break
+                    p += 1
+                if nt == 0 and p < end and fre <= mig:
+                    met = True
+                    break
+                if not isolated_any:
+                    self.pb_skip[pb] = 1
+                mig = end
+                if order >= 0 and self.compaction_finished(order):
+                    success = True
+                if max_migrate >= 0 and self.cstats.migrated >= max_migrate:
+                    break
+            # Unused free targets go back to the buddy lists (release_free_list).
+            for i in range(nt):
+                z.flags[targets[i]] = PG_head
+                z.order[targets[i]] = 0
+                z.free_pages(targets[i], 0)
+            nt = 0
+            if mig >= fre:
+                met = True
+        if met:
+            # Scanners met: the next run starts over, and the skip hints are forgotten.
+            self.cached_migrate_pfn = 0
+            self.cached_free_pfn = n - PAGEBLOCK_NR_PAGES
+            self.pb_skip[:] = 0
+            return COMPACT_COMPLETE if whole_zone else COMPACT_PARTIAL_SKIPPED
+        if not whole_zone:
+            self.cached_migrate_pfn = mig
+            self.cached_free_pfn = fre
+        return COMPACT_SUCCESS if success else COMPACT_CONTINUE
+
+    def compact_stats(self):
+        return self.cstats
 
     def put_frame(self, uint32_t pfn):
         """Drop one mapping of a user frame (used by PMD-level zaps in the kernel model)."""

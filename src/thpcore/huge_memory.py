@@ -91,12 +91,29 @@ def vma_thp_gfp_mask(machine: "Machine", vma: VMA) -> Gfp:
 
 def alloc_thp(machine: "Machine", gfp: Gfp) -> int:
     """__alloc_pages(order 9): the fast path at the low watermark (ALLOC_NOFRAGMENT first),
-    then the slow path's first attempt at min. Direct compaction and reclaim are not modelled
-    yet, so a direct-reclaim gfp fails here too when the free lists have no order-9 block."""
+    then the slow path: wake kswapd (here: kcompactd, as kswapd would after reclaiming) if the
+    gfp allows, retry at min, then direct compaction if the gfp may reclaim: async first
+    (giving up on SKIPPED/DEFERRED with __GFP_NORETRY), then SYNC_LIGHT (async again with
+    NORETRY). Direct reclaim between the two compactions is not modelled yet."""
+    from .compaction import CompactResult, Priority
     pt = machine.page_tables
     head = pt.alloc_thp(_engine.PY_ALLOC_WMARK_LOW | _engine.PY_ALLOC_NOFRAGMENT | gfp.alloc_flags())
-    if head < 0:
-        head = pt.alloc_thp(_engine.PY_ALLOC_WMARK_MIN | gfp.alloc_flags())
+    if head >= 0:
+        return int(head)
+    if gfp.kswapd:
+        machine.compaction.wakeup_kcompactd()
+    slow = _engine.PY_ALLOC_WMARK_MIN | gfp.alloc_flags()
+    head = pt.alloc_thp(slow)
+    if head >= 0 or not gfp.direct_reclaim:
+        return int(head)
+    comp = machine.compaction
+    head, rc = comp.direct_compact(9, Priority.ASYNC, lambda: pt.alloc_thp(slow))
+    if head >= 0:
+        return int(head)
+    if gfp.noretry and rc in (CompactResult.SKIPPED, CompactResult.DEFERRED):
+        return -1
+    prio = Priority.ASYNC if gfp.noretry else Priority.SYNC_LIGHT
+    head, rc = comp.direct_compact(9, prio, lambda: pt.alloc_thp(slow))
     return int(head)
 
 

@@ -206,7 +206,7 @@ def _collapse_batch(machine: "Machine", mm: MM, vma: VMA, start: int, hend: int,
     pt.reset_stats()
     fast = _engine.PY_ALLOC_WMARK_LOW | _engine.PY_ALLOC_NOFRAGMENT | cc.gfp.alloc_flags()
     slow = _engine.PY_ALLOC_WMARK_MIN | cc.gfp.alloc_flags()
-    done = pt.collapse_run(tids, codes, counts, heads, fast, slow)
+    done = pt.collapse_run(tids, codes, counts, heads, fast, slow, 0, cc.gfp.direct_reclaim)
     handled = codes[:done]
     made = np.nonzero((handled == ScanResult.SCAN_SUCCEED) & (tids[:done] >= 0))[0]
     latency = np.where(tids[:done] >= 0, scan_cost(machine), 0).astype(np.int64)
@@ -234,7 +234,7 @@ def _collapse_batch(machine: "Machine", mm: MM, vma: VMA, start: int, hend: int,
     machine._collapse_events.append(ev)
     results = [ScanResult(int(c)) for c in handled]
     covered = done * PMD_SIZE
-    if done < n and codes[done] == 255:                # needs swap-in: the full Python path
+    if done < n and codes[done] in (254, 255):         # swap-in or direct compaction: Python path
         region = start + done * PMD_SIZE
         results.append(hpage_collapse_scan_pmd(machine, mm, vma, region, cc, pid))
         covered += PMD_SIZE
@@ -405,19 +405,22 @@ class Khugepaged:
                 wait = False
                 m.clock_ns += m.thp.khugepaged.alloc_sleep_millisecs * 1_000_000
 
-    def run_until(self, end_ns: int) -> None:
-        """Run the thread's wake-ups that fall before end_ns."""
+    def next_event_ns(self) -> float:
+        """When the thread next scans (inf while it sleeps waiting for an mm)."""
+        if not self.m.thp.pmd_enabled() or not self.m.khugepaged_mm_list:
+            return float("inf")
+        return max(self.next_wakeup_ns, self.m.clock_ns)
+
+    def step(self) -> None:
+        """One wake-up: a scan pass, then sleep scan_sleep_millisecs."""
         m = self.m
-        while True:
-            if not m.thp.pmd_enabled() or not m.khugepaged_mm_list:
-                self.next_wakeup_ns = max(self.next_wakeup_ns, end_ns)
-                return
-            if self.next_wakeup_ns > end_ns:
-                return
-            m.clock_ns = max(m.clock_ns, self.next_wakeup_ns)
-            self.do_scan()
-            sleep = m.thp.khugepaged.scan_sleep_millisecs * 1_000_000
-            self.next_wakeup_ns = m.clock_ns + max(sleep, 1)
+        self.do_scan()
+        sleep = m.thp.khugepaged.scan_sleep_millisecs * 1_000_000
+        self.next_wakeup_ns = m.clock_ns + max(sleep, 1)
+
+    def run_until(self, end_ns: int) -> None:
+        """Run the machine (all its daemons) until end_ns."""
+        self.m.run_until(end_ns)
 
     def wait_full_scans(self, n: int = 1, timeout_s: float = 24 * 3600) -> None:
         """Run simulated time until full_scans has grown by n (TimeoutError if it cannot)."""
@@ -427,9 +430,10 @@ class Khugepaged:
         while m.thp.khugepaged.full_scans < target:
             if not m.thp.pmd_enabled() or not m.khugepaged_mm_list:
                 raise TimeoutError("khugepaged has nothing to scan (no registered mm, or THP off)")
-            if self.next_wakeup_ns > deadline:
+            t = self.next_event_ns()
+            if t > deadline:
                 raise TimeoutError(f"full_scans did not reach {target} within {timeout_s} s")
-            self.run_until(self.next_wakeup_ns)
+            m.run_until(int(t))
 
 
 def _lock_dropped(result: ScanResult) -> bool:

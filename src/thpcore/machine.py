@@ -33,7 +33,10 @@ EVENTS = ("pswpout", "pglazyfree", "thp_fault_alloc", "thp_fault_fallback",
           "thp_deferred_split_page", "thp_split_pmd", "thp_zero_page_alloc",
           "thp_zero_page_alloc_failed", "thp_swpout", "thp_swpout_fallback",
           "thp_collapse_alloc", "thp_collapse_alloc_failed", "thp_scan_exceed_none_pte",
-          "thp_scan_exceed_swap_pte", "thp_scan_exceed_share_pte")
+          "thp_scan_exceed_swap_pte", "thp_scan_exceed_share_pte", "pgmigrate_success",
+          "compact_migrate_scanned", "compact_free_scanned", "compact_isolated", "compact_stall",
+          "compact_fail", "compact_success", "compact_daemon_wake",
+          "compact_daemon_migrate_scanned", "compact_daemon_free_scanned")
 
 
 class _NoVMA:
@@ -98,7 +101,7 @@ class Machine:
         if nbytes >= SMALL_MACHINE:
             self._start_stop_khugepaged()
         self.sysfs = Sysfs(self.thp)
-        self.sysctl = Sysctl(self.page_alloc)
+        self.sysctl = Sysctl(self.page_alloc, lambda: self.compaction.compact_memory())
         self.procfs = Procfs(self)
 
         zone = self.page_alloc.zone
@@ -114,8 +117,10 @@ class Machine:
         self._write_generation = 0
         self.events: dict[str, int] = dict.fromkeys(EVENTS, 0)
         self._collapse_events: list[tuple] = []
+        from .compaction import Compaction
         from .khugepaged import Khugepaged
         self.khugepaged = Khugepaged(self)
+        self.compaction = Compaction(self)
         self.vmstat = Vmstat(self.events, {
             "nr_free_pages": lambda: zone.nr_free_pages,
             "nr_free_pages_blocks": self._nr_free_pages_blocks,
@@ -215,9 +220,23 @@ class Machine:
         """Advance simulated time, running khugepaged's wake-ups on the way."""
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0 or ms < 0:
             raise ValueError("run() takes a non-negative duration")
-        end = self.clock_ns + int(seconds * 1e9) + int(ms * 1e6)
-        self.khugepaged.run_until(end)
-        self.clock_ns = max(self.clock_ns, end)
+        self.run_until(self.clock_ns + int(seconds * 1e9) + int(ms * 1e6))
+
+    def run_until(self, end_ns: int) -> None:
+        """Process the daemons' events (khugepaged wake-ups, kcompactd) in time order."""
+        while True:
+            t_k = self.khugepaged.next_event_ns()
+            c = self.compaction
+            t_c = self.clock_ns if c.kcompactd_wake_pending else c.next_proactive_ns
+            t = min(t_k, t_c)
+            if t > end_ns:
+                break
+            self.clock_ns = max(self.clock_ns, int(t))
+            if t_c <= t_k:
+                c.kcompactd_run_until(self.clock_ns)
+            else:
+                self.khugepaged.step()
+        self.clock_ns = max(self.clock_ns, end_ns)
 
     # ---- processes -----------------------------------------------------------------------------
 

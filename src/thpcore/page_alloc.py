@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import math
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -146,6 +145,9 @@ class PageAllocator:
             if recommended > self.min_free_kbytes:
                 self.min_free_kbytes = recommended
         self.setup_per_zone_wmarks()
+
+    def zone_watermark_ok(self, order: int, mark: int) -> bool:
+        return self.zone.watermark_ok(order, mark)
 
     # ---- kernel-side allocations -------------------------------------------------------------
 

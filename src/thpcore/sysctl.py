@@ -31,11 +31,12 @@ RANGES = {
 class Sysctl:
     ROOT = "/proc/sys/vm"
 
-    def __init__(self, page_alloc: "PageAllocator"):
+    def __init__(self, page_alloc: "PageAllocator", compact_memory=None):
         self._pa = page_alloc
+        self._compact_memory = compact_memory
 
     def paths(self) -> list[str]:
-        return [f"{self.ROOT}/{name}" for name in RANGES]
+        return [f"{self.ROOT}/{name}" for name in RANGES] + [f"{self.ROOT}/compact_memory"]
 
     def get(self, name: str) -> int:
         return int(getattr(self._pa, name))
@@ -58,7 +59,10 @@ class Sysctl:
             pa.setup_per_zone_wmarks()
 
     def read(self, path: str) -> str:
-        return f"{self.get(path.rsplit('/', 1)[1])}\n"
+        name = path.rsplit('/', 1)[1]
+        if name == "compact_memory":
+            raise PermissionError(errno.EACCES, "Permission denied", path)   # mode 0200
+        return f"{self.get(name)}\n"
 
     def write(self, path: str, data: str | bytes) -> int:
         name = path.rsplit("/", 1)[1]
@@ -72,6 +76,11 @@ class Sysctl:
         if not m:
             raise OSError(errno.EINVAL, "Invalid argument", path)
         value = parse_c_integer(m.group(2)) * (-1 if m.group(1) == "-" else 1)
+        if name == "compact_memory":
+            if value != 1:
+                raise OSError(errno.EINVAL, "Invalid argument", path)
+            self._compact_memory()
+            return len(data)
         try:
             self.set(name, value)
         except OSError as exc:
