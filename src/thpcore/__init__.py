@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 __all__ = ["Machine", "InvariantError", "parse_size", "parse_buddyinfo", "parse_pagetypeinfo",
            "parse_vmstat", "constants"] + [n for n in dir(constants) if n.isupper()]
 from .madvise import Unsupported
-from .memory import OutOfMemory
+from .memory import OOMKilled, OutOfMemory
 from .process import Process, SegmentationFault
 
-__all__ += ["Process", "SegmentationFault", "OutOfMemory", "Unsupported"]
+__all__ += ["Process", "SegmentationFault", "OutOfMemory", "OOMKilled", "Unsupported"]

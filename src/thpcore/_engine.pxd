@@ -125,6 +125,7 @@ cdef class Zone:
     cdef readonly int64_t pgfree            # pgfree: pages freed
     cdef readonly int64_t alloc_fallbacks   # mm_page_alloc_extfrag events: allocations from another type
     cdef readonly int64_t pageblocks_claimed  # pageblocks whose migratetype an allocation claimed
+    cdef int64_t[::1] memcg_pages               # user frames charged to each memcg id (PG_lru frames)
 
     # --- diagnostics -------------------------------------------------------------------------
     cdef readonly int64_t check_pfn         # frame where check_invariants found a violation, else -1
@@ -205,6 +206,7 @@ cdef enum:
 cdef enum:
     FAULT_OK = 0
     FAULT_OOM = -1                  # an order-0 allocation failed part way
+    FAULT_CHARGE = -2               # the memcg charge budget ran out part way
 
 
 cdef struct FaultStats:
@@ -219,6 +221,8 @@ cdef struct FaultStats:
     int64_t thp_partially_unmapped  # THPs left partly mapped (deferred split candidates)
     int64_t swap_ptes_zapped        # swap PTEs cleared by a zap (MM_SWAPENTS shrinks by this)
     int64_t swapped_out             # pages written to swap (pswpout)
+    int64_t stopped_at              # PTE index where a fault stopped early (FAULT_OOM/CHARGE)
+    int64_t young_cleared           # accessed bits cleared by a reclaim scan
 
 
 # Collapse scan results (enum scan_result, 6.10-6.17 order; symbols, not ABI).
@@ -318,6 +322,7 @@ cdef class PageTables:
     cdef CompactStats cstats
     cdef int nr_partial_heads
     cdef FaultStats stats                   # results of the last kernel call
+    cdef public int64_t charge_budget       # pages faults may still charge (-1: unlimited)
 
     cdef int64_t table_alloc(self) noexcept nogil
     cdef void table_free(self, int64_t tid) noexcept nogil
@@ -332,6 +337,7 @@ cdef class PageTables:
     cdef int64_t swap_alloc_slot(self) noexcept nogil
     cdef int64_t swap_alloc_cluster(self) noexcept nogil
     cdef void pageout_pte_range(self, int64_t tid, int i0, int i1) noexcept nogil
+    cdef int64_t reclaim_pte_range(self, int64_t tid, int i0, int i1, int64_t want, uint16_t memcg, bint any_memcg) noexcept nogil
     cdef ScanCounts scan
     cdef int scan_pte_table(self, int64_t tid, bint is_khugepaged, int max_none, int max_swap,
                             int max_shared, bint require_writable) noexcept nogil

@@ -102,6 +102,7 @@ cdef class Zone:
         self.alloc_fallbacks = 0
         self.pageblocks_claimed = 0
         self.check_pfn = -1
+        self.memcg_pages = np.zeros(1 << 16, dtype=np.int64)
         self.free_boot_memory()
 
     cdef void free_boot_memory(self) noexcept nogil:
@@ -443,7 +444,10 @@ cdef class Zone:
             p += <int64_t>1 << order
 
     cdef void free_pages(self, uint32_t pfn, int order) noexcept nogil:
-        cdef int64_t n = <int64_t>1 << order
+        cdef int64_t n = <int64_t>1 << order, i
+        if self.flags[pfn] & PG_lru:                 # uncharge user frames from their memcg
+            for i in range(n):
+                self.memcg_pages[self.memcg[pfn + i]] -= 1
         if order == 0:
             self.flags[pfn] = 0
         else:
@@ -735,6 +739,12 @@ cdef class Zone:
             "watermark_boost": self.watermark_boost,
         }
 
+    def memcg_usage(self):
+        """User frames charged to each memcg id (a read-only view)."""
+        arr = np.asarray(self.memcg_pages).view()
+        arr.flags.writeable = False
+        return arr
+
     def free_list(self, int mt, int order):
         """The pfns on one free list, head first (for tests and debugging)."""
         if not 0 <= mt < MIGRATE_TYPES or not 0 <= order <= MAX_PAGE_ORDER:
@@ -812,6 +822,7 @@ cdef class PageTables:
         if swap_slots:
             self.swap_map[0] = 0xFF         # slot 0 holds the swap header (SWAP_MAP_BAD)
         self.nr_partial_heads = 0
+        self.charge_budget = -1
         self.pb_skip = np.zeros(zone.nr_pageblocks, dtype=np.uint8)
         self.cached_migrate_pfn = 0
         self.cached_free_pfn = zone.nr_pages - PAGEBLOCK_NR_PAGES
@@ -863,7 +874,10 @@ cdef class PageTables:
         self.nr_tables -= 1
 
     cdef int64_t alloc_user_page(self, uint32_t content, uint16_t memcg) noexcept nogil:
-        """An order-0 anonymous page (GFP_HIGHUSER_MOVABLE), mapped once, holding content."""
+        """An order-0 anonymous page (GFP_HIGHUSER_MOVABLE), mapped once, holding content,
+        charged to memcg; -1 without memory, -2 when the charge budget is spent."""
+        if self.charge_budget == 0:
+            return -2
         cdef int64_t pfn = self.zone.get_page_from_freelist(
             0, MIGRATE_MOVABLE, ALLOC_WMARK_LOW | ALLOC_NOFRAGMENT | ALLOC_KSWAPD)
         if pfn < 0:
@@ -875,6 +889,9 @@ cdef class PageTables:
         self.zone.content[pfn] = content
         self.zone.mapcount[pfn] = 1
         self.zone.memcg[pfn] = memcg
+        self.zone.memcg_pages[memcg] += 1
+        if self.charge_budget > 0:
+            self.charge_budget -= 1
         return pfn
 
     cdef void note_folio_unmapped(self, uint32_t pfn) noexcept nogil:
@@ -936,7 +953,8 @@ cdef class PageTables:
                         else:                               # wp_page_copy()
                             newpfn = self.alloc_user_page(self.zone.content[pfn], memcg)
                             if newpfn < 0:
-                                return FAULT_OOM
+                                self.stats.stopped_at = i
+                                return FAULT_OOM if newpfn == -1 else FAULT_CHARGE
                             self.put_user_frame(<uint32_t>pfn)
                             pfn = newpfn
                             self.stats.cow_copied += 1
@@ -955,7 +973,8 @@ cdef class PageTables:
                     word = page_value(value_mode, value, vpn)
                 pfn = self.alloc_user_page(word, memcg)
                 if pfn < 0:
-                    return FAULT_OOM
+                    self.stats.stopped_at = i
+                    return FAULT_OOM if pfn == -1 else FAULT_CHARGE
                 self.stats.swapped_in += 1
                 self.stats.anon_allocated += 1
                 self.swap_map[slot] -= 1
@@ -973,7 +992,8 @@ cdef class PageTables:
                 if write:
                     newpfn = self.alloc_user_page(page_value(value_mode, value, vpn), memcg)
                     if newpfn < 0:
-                        return FAULT_OOM
+                        self.stats.stopped_at = i
+                        return FAULT_OOM if newpfn == -1 else FAULT_CHARGE
                     if pte != 0:
                         self.stats.zero_mapped -= 1
                     self.stats.anon_allocated += 1
@@ -1034,6 +1054,40 @@ cdef class PageTables:
                 return c
             c += PTRS_PER_PTE
         return -1
+
+    cdef int64_t reclaim_pte_range(self, int64_t tid, int i0, int i1, int64_t want, uint16_t memcg,
+                                   bint any_memcg) noexcept nogil:
+        cdef int64_t base = tid * PTRS_PER_PTE, slot, got = 0
+        cdef uint32_t pte, pfn
+        cdef int i
+        for i in range(i0, i1):
+            if got >= want:
+                break
+            pte = self.ptes[base + i]
+            if not (pte & PTE_PRESENT):
+                continue
+            pfn = pte >> PTE_PFN_SHIFT
+            if not any_memcg and self.zone.memcg[pfn] != memcg:
+                continue
+            if pte & PTE_YOUNG:
+                self.ptes[base + i] = pte & ~(<uint32_t>PTE_YOUNG)
+                self.stats.young_cleared += 1
+                continue
+            if self.zone.mapcount[pfn] != 1 or self.zone.order[pfn] != 0 \
+                    or not (self.zone.flags[pfn] & PG_head):
+                continue
+            slot = self.swap_alloc_slot()
+            if slot < 0:
+                break
+            self.swap_map[slot] = 1
+            self.swap_used += 1
+            self.swap_content[slot] = self.zone.content[pfn]
+            self.ptes[base + i] = (<uint32_t>slot << PTE_PFN_SHIFT) | PTE_KIND_SWAP
+            self.stats.swapped_out += 1
+            self.stats.rss_removed += 1
+            self.put_user_frame(pfn)
+            got += 1
+        return got
 
     cdef void pageout_pte_range(self, int64_t tid, int i0, int i1) noexcept nogil:
         """Reclaim the exclusive order-0 pages mapped by PTEs i0..i1-1 to swap."""
@@ -1176,6 +1230,18 @@ cdef class PageTables:
             raise ValueError("PTE index range outside a table")
         with nogil:
             self.zap_pte_range(tid, i0, i1)
+
+    def reclaim(self, int64_t tid, int i0, int i1, int64_t want, int memcg=-1):
+        """One second-chance pass over PTEs i0..i1-1 (the LRU, approximated by accessed bits):
+        a young page loses its accessed bit, an old exclusive order-0 page (of `memcg`, or any
+        with -1) is swapped out. Stops after `want` pages. Returns the pages reclaimed."""
+        self._check_tid(tid)
+        if not 0 <= i0 <= i1 <= PTRS_PER_PTE:
+            raise ValueError("PTE index range outside a table")
+        cdef int64_t got
+        with nogil:
+            got = self.reclaim_pte_range(tid, i0, i1, want, <uint16_t>max(memcg, 0), memcg < 0)
+        return got
 
     def pageout(self, int64_t tid, int i0, int i1):
         self._check_tid(tid)
@@ -1329,6 +1395,7 @@ cdef class PageTables:
                         else:
                             heads[i] = <uint32_t>head
                             base = tids[i] * PTRS_PER_PTE
+                            self.zone.memcg_pages[memcg] += PTRS_PER_PTE
                             for j in range(PTRS_PER_PTE):
                                 self.zone.mapcount[head + j] = 1
                                 self.zone.memcg[head + j] = <uint16_t>memcg
@@ -1517,6 +1584,8 @@ cdef class PageTables:
                     z.content[newpfn] = z.content[p]
                     z.mapcount[newpfn] = z.mapcount[p]
                     z.memcg[newpfn] = z.memcg[p]
+                    if f & PG_lru:
+                        z.memcg_pages[z.memcg[p]] += 1      # free_pages(p) uncharges the old one
                     for j in range(offs[p], offs[p + 1]):
                         slot = slots[j]
                         self.ptes[slot] = (<uint32_t>newpfn << PTE_PFN_SHIFT) | (self.ptes[slot] & 0xF)
@@ -1583,6 +1652,7 @@ cdef class PageTables:
                 for i in range(PTRS_PER_PTE):
                     self.zone.mapcount[pfn + i] = 1
                     self.zone.memcg[pfn + i] = <uint16_t>memcg
+                self.zone.memcg_pages[memcg] += PTRS_PER_PTE
         return pfn
 
     cdef int _check_thp(self, int64_t head, int i0, int i1) except -1:

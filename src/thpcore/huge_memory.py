@@ -89,7 +89,7 @@ def vma_thp_gfp_mask(machine: "Machine", vma: VMA) -> Gfp:
     return Gfp(direct_reclaim=False, kswapd=False)
 
 
-def alloc_thp(machine: "Machine", gfp: Gfp) -> int:
+def alloc_thp(machine: "Machine", gfp: Gfp, memcg: int = 0) -> int:
     """__alloc_pages(order 9): the fast path at the low watermark (ALLOC_NOFRAGMENT first),
     then the slow path: wake kswapd (here: kcompactd, as kswapd would after reclaiming) if the
     gfp allows, retry at min, then direct compaction if the gfp may reclaim: async first
@@ -97,23 +97,24 @@ def alloc_thp(machine: "Machine", gfp: Gfp) -> int:
     NORETRY). Direct reclaim between the two compactions is not modelled yet."""
     from .compaction import CompactResult, Priority
     pt = machine.page_tables
-    head = pt.alloc_thp(_engine.PY_ALLOC_WMARK_LOW | _engine.PY_ALLOC_NOFRAGMENT | gfp.alloc_flags())
+    head = pt.alloc_thp(_engine.PY_ALLOC_WMARK_LOW | _engine.PY_ALLOC_NOFRAGMENT | gfp.alloc_flags(),
+                        memcg)
     if head >= 0:
         return int(head)
     if gfp.kswapd:
         machine.compaction.wakeup_kcompactd()
     slow = _engine.PY_ALLOC_WMARK_MIN | gfp.alloc_flags()
-    head = pt.alloc_thp(slow)
+    head = pt.alloc_thp(slow, memcg)
     if head >= 0 or not gfp.direct_reclaim:
         return int(head)
     comp = machine.compaction
-    head, rc = comp.direct_compact(9, Priority.ASYNC, lambda: pt.alloc_thp(slow))
+    head, rc = comp.direct_compact(9, Priority.ASYNC, lambda: pt.alloc_thp(slow, memcg))
     if head >= 0:
         return int(head)
     if gfp.noretry and rc in (CompactResult.SKIPPED, CompactResult.DEFERRED):
         return -1
     prio = Priority.ASYNC if gfp.noretry else Priority.SYNC_LIGHT
-    head, rc = comp.direct_compact(9, prio, lambda: pt.alloc_thp(slow))
+    head, rc = comp.direct_compact(9, prio, lambda: pt.alloc_thp(slow, memcg))
     return int(head)
 
 
@@ -200,3 +201,41 @@ def split_huge_pmds_at(machine: "Machine", mm: MM, *boundaries: int) -> None:
         region = boundary & ~(PMD_SIZE - 1)
         if boundary != region and pmd_kind(mm.get_pmd(region)) in (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO):
             split_huge_pmd(machine, mm, region)
+
+
+def deferred_split_scan(machine: "Machine", nr_to_scan: int, memcg=None) -> int:
+    """The "thp-deferred_split" shrinker (6.12+): split partially mapped THPs, and THPs whose
+    all-zero subpages exceed max_ptes_none (underused; zero subpages go to the zero page).
+    A THP that is neither leaves the queue for good. Returns pages freed."""
+    queue = machine.deferred_split
+    if not queue:
+        return 0
+    zone = machine.page_alloc.zone
+    frames = zone.frames()
+    ids = None if memcg is None else {c.id for c in memcg.subtree()}
+    max_ptes_none = machine.thp.khugepaged.max_ptes_none
+    freed = 0
+    scanned = 0
+    for head in list(queue):
+        if scanned >= nr_to_scan:
+            break
+        if ids is not None and frames["memcg"][head] not in ids:
+            continue
+        scanned += 1
+        partially = queue[head]
+        before = zone.nr_free_pages
+        if partially:
+            machine.split_folio(head)
+        elif not machine.thp.shrink_underused:
+            del queue[head]
+            continue
+        else:
+            zero = int((frames["content"][head:head + HPAGE_PMD_NR] == 0).sum())
+            if zero > max_ptes_none:
+                machine.split_folio(head)
+                machine.count("thp_underused_split_page")
+            else:
+                del queue[head]                   # not underused: one-shot per queueing
+                continue
+        freed += zone.nr_free_pages - before
+    return freed

@@ -119,11 +119,16 @@ def hpage_collapse_scan_pmd(machine: "Machine", mm: MM, vma: VMA, region: int,
 def collapse_huge_page(machine: "Machine", mm: MM, vma: VMA, region: int, cc: CollapseControl,
                        unmapped: int) -> ScanResult:
     """Allocate a THP, swap in, copy every subpage, free the old pages, install the PMD."""
-    head = alloc_thp(machine, cc.gfp)
+    head = alloc_thp(machine, cc.gfp, mm.memcg.id)
     if head < 0:
         machine.count("thp_collapse_alloc_failed")
         return ScanResult.SCAN_ALLOC_HUGE_PAGE_FAIL
     machine.count("thp_collapse_alloc")
+    from .memory import charge_thp
+    if not charge_thp(machine, mm, head, cc.gfp):
+        return ScanResult.SCAN_CGROUP_CHARGE_FAIL
+    for c in mm.memcg.ancestors():
+        c.stat_events["thp_collapse_alloc"] += 1
     pt = machine.page_tables
     tid = pmd_table_id(mm.get_pmd(region))
     if unmapped:
@@ -164,8 +169,8 @@ def madvise_collapse(machine: "Machine", mm: MM, vma: VMA, start: int, end: int,
     last_fail = ScanResult.SCAN_FAIL
     region = hstart
     while region < hend:
-        if cc.limits:
-            # The RFC's limited collapse: one region at a time through the khugepaged rules.
+        if cc.limits or machine.cgroups.margin(mm.memcg) is not None:
+            # The RFC's limited collapse, or a memcg with a limit: one region at a time.
             results = [hpage_collapse_scan_pmd(machine, mm, vma, region, cc, pid)]
             step = PMD_SIZE
         else:
@@ -206,7 +211,8 @@ def _collapse_batch(machine: "Machine", mm: MM, vma: VMA, start: int, hend: int,
     pt.reset_stats()
     fast = _engine.PY_ALLOC_WMARK_LOW | _engine.PY_ALLOC_NOFRAGMENT | cc.gfp.alloc_flags()
     slow = _engine.PY_ALLOC_WMARK_MIN | cc.gfp.alloc_flags()
-    done = pt.collapse_run(tids, codes, counts, heads, fast, slow, 0, cc.gfp.direct_reclaim)
+    done = pt.collapse_run(tids, codes, counts, heads, fast, slow, mm.memcg.id,
+                           cc.gfp.direct_reclaim)
     handled = codes[:done]
     made = np.nonzero((handled == ScanResult.SCAN_SUCCEED) & (tids[:done] >= 0))[0]
     latency = np.where(tids[:done] >= 0, scan_cost(machine), 0).astype(np.int64)
@@ -220,6 +226,8 @@ def _collapse_batch(machine: "Machine", mm: MM, vma: VMA, start: int, hend: int,
         map_new_thp(machine, mm, vma, region, int(heads[i]), int(tids[i]))
     if made.size:
         machine.count("thp_collapse_alloc", int(made.size))
+        for c in mm.memcg.ancestors():
+            c.stat_events["thp_collapse_alloc"] += int(made.size)
     failed = int((handled == ScanResult.SCAN_ALLOC_HUGE_PAGE_FAIL).sum())
     if failed:
         machine.count("thp_collapse_alloc_failed", failed)

@@ -36,7 +36,8 @@ EVENTS = ("pswpout", "pglazyfree", "thp_fault_alloc", "thp_fault_fallback",
           "thp_scan_exceed_swap_pte", "thp_scan_exceed_share_pte", "pgmigrate_success",
           "compact_migrate_scanned", "compact_free_scanned", "compact_isolated", "compact_stall",
           "compact_fail", "compact_success", "compact_daemon_wake",
-          "compact_daemon_migrate_scanned", "compact_daemon_free_scanned")
+          "compact_daemon_migrate_scanned", "compact_daemon_free_scanned",
+          "thp_underused_split_page", "allocstall_normal", "oom_kill")
 
 
 class _NoVMA:
@@ -119,6 +120,10 @@ class Machine:
         self._collapse_events: list[tuple] = []
         from .compaction import Compaction
         from .khugepaged import Khugepaged
+        from .memcontrol import CgroupTree
+        self.cgroups = CgroupTree(self)
+        self.sysfs.cgroups = self.cgroups
+        self.kswapd_wake_pending = False
         self.khugepaged = Khugepaged(self)
         self.compaction = Compaction(self)
         self.vmstat = Vmstat(self.events, {
@@ -228,11 +233,14 @@ class Machine:
             t_k = self.khugepaged.next_event_ns()
             c = self.compaction
             t_c = self.clock_ns if c.kcompactd_wake_pending else c.next_proactive_ns
-            t = min(t_k, t_c)
+            t_s = self.clock_ns if self.kswapd_wake_pending else float("inf")
+            t = min(t_k, t_c, t_s)
             if t > end_ns:
                 break
             self.clock_ns = max(self.clock_ns, int(t))
-            if t_c <= t_k:
+            if t_s <= t:
+                self.run_kswapd()
+            elif t_c <= t_k:
                 c.kcompactd_run_until(self.clock_ns)
             else:
                 self.khugepaged.step()
@@ -240,9 +248,11 @@ class Machine:
 
     # ---- processes -----------------------------------------------------------------------------
 
-    def spawn(self, name: str = "task", uid: int = 0, caps=None) -> "Process":
-        """A new process with an empty mm; uid 0 with every capability unless told otherwise."""
+    def spawn(self, name: str = "task", uid: int = 0, caps=None, cgroup: str = "") -> "Process":
+        """A new process with an empty mm; uid 0 with every capability unless told otherwise;
+        charged to `cgroup` (a path created with m.cgroups.create, "" for the root)."""
         from .process import CAPABILITIES, Process
+        memcg = self.cgroups.get(cgroup) if cgroup else self.cgroups.root
         if not isinstance(name, str):
             raise TypeError("name must be a str")
         if isinstance(uid, bool) or not isinstance(uid, int) or not 0 <= uid < 2 ** 32 - 1:
@@ -257,6 +267,7 @@ class Machine:
             if unknown:
                 raise ValueError(f"unknown capabilities: {sorted(unknown)}")
         p = Process(self, self._next_pid, name, uid, caps)
+        p.memcg = p.mm.memcg = memcg
         self._next_pid += 1
         self._processes[p.pid] = p
         return p
@@ -276,6 +287,37 @@ class Machine:
         from .memory import handle_mm_fault_range
         handle_mm_fault_range(self, mm, vma, start, end, write, _engine.PY_VALUE_CONSTANT, 0,
                               None)
+
+    # ---- reclaim and OOM -----------------------------------------------------------------------
+
+    def oom_kill(self, memcg=None) -> "Process | None":
+        """select_bad_process() + oom_kill_process(): the process (in memcg's subtree, or
+        anywhere) with the most rss + swap + page tables is killed. Returns it, or None."""
+        ids = None if memcg is None else {c.id for c in memcg.subtree()}
+        best, points = None, 0
+        for p in self.processes():
+            if ids is not None and p.memcg.id not in ids:
+                continue
+            tables = sum(1 for _ in p.mm.populated_pmds())
+            badness = p.mm.anon_rss + p.mm.swap_ents + tables
+            if best is None or badness > points:
+                best, points = p, badness
+        if best is None:
+            return None
+        best.exit_reason = "oom"
+        best.exit()
+        self.count("oom_kill")
+        for c in best.memcg.ancestors():
+            c.events["oom_kill"] += 1
+        return best
+
+    def wakeup_kswapd(self) -> None:
+        self.kswapd_wake_pending = True
+
+    def run_kswapd(self) -> None:
+        from .vmscan import balance_pgdat
+        self.kswapd_wake_pending = False
+        balance_pgdat(self)
 
     # ---- THP folio life cycle ---------------------------------------------------------------
 

@@ -21,10 +21,18 @@ if TYPE_CHECKING:
 
 
 class OutOfMemory(OSError):
-    """A fault could not allocate memory (the kernel would reclaim or OOM-kill here)."""
+    """A fault could not allocate memory even after reclaim and OOM kills."""
 
     def __init__(self, msg: str = "out of memory during a page fault"):
         super().__init__(errno.ENOMEM, msg)
+
+
+class OOMKilled(ProcessLookupError):
+    """The faulting process itself was chosen by the OOM killer; it is gone."""
+
+    def __init__(self, pid: int):
+        super().__init__(errno.ESRCH, f"process {pid} was killed by the OOM killer")
+        self.pid = pid
 
 
 def anon_vma_prepare(machine: "Machine", vma: VMA) -> None:
@@ -68,11 +76,20 @@ def _do_huge_pmd_anonymous_page(machine: "Machine", mm: MM, vma: VMA, region: in
         mm.set_pmd(region, make_huge_zero_pmd(deposit))
         machine.charge(machine.costs.fault_zero_page_ns, "fault")
         return True
-    head = alloc_thp(machine, vma_thp_gfp_mask(machine, vma))
+    gfp = vma_thp_gfp_mask(machine, vma)
+    head = alloc_thp(machine, gfp, mm.memcg.id)
     if head < 0:
         machine.count("thp_fault_fallback")
         machine.count_mthp("anon_fault_fallback")
         return False
+    if not charge_thp(machine, mm, head, gfp):
+        machine.count("thp_fault_fallback")
+        machine.count("thp_fault_fallback_charge")
+        machine.count_mthp("anon_fault_fallback")
+        machine.count_mthp("anon_fault_fallback_charge")
+        return False
+    for c in mm.memcg.ancestors():
+        c.stat_events["thp_fault_alloc"] += 1
     deposit = pt.new_table()
     if deposit < 0:
         machine.page_alloc.zone.free(head, 9)
@@ -84,12 +101,34 @@ def _do_huge_pmd_anonymous_page(machine: "Machine", mm: MM, vma: VMA, region: in
     return True
 
 
+def charge_thp(machine: "Machine", mm: MM, head: int, gfp) -> bool:
+    """mem_cgroup_charge() of a freshly allocated THP (counted against mm's memcg already):
+    over a memory.max, reclaim in the limiting memcg if the gfp may block; if it still does
+    not fit, the THP is freed (a THP charge never OOM-kills)."""
+    from .memcontrol import MAX_RECLAIM_RETRIES
+    from .vmscan import try_to_free_mem_cgroup_pages
+    for _ in range(MAX_RECLAIM_RETRIES + 1):
+        limiting = machine.cgroups.over_limit(mm.memcg, 0)
+        if limiting is None:
+            return True
+        limiting.events["max"] += 1
+        excess = machine.cgroups.usage_pages(limiting) - limiting.max_pages
+        if not gfp.direct_reclaim or not try_to_free_mem_cgroup_pages(machine, limiting, excess):
+            break
+    machine.page_alloc.zone.free(head, 9)
+    return False
+
+
 def _wp_huge_pmd(machine: "Machine", mm: MM, vma: VMA, region: int) -> bool:
     """A write to a read-only huge PMD. Returns True if the PMD is now writable."""
     entry = mm.get_pmd(region)
     if pmd_kind(entry) == PMD_KIND_HUGE_ZERO:
         # do_huge_zero_wp_pmd() (6.13+): try a fresh THP before splitting.
-        head = alloc_thp(machine, vma_thp_gfp_mask(machine, vma))
+        gfp = vma_thp_gfp_mask(machine, vma)
+        head = alloc_thp(machine, gfp, mm.memcg.id)
+        if head >= 0 and not charge_thp(machine, mm, head, gfp):
+            machine.count("thp_fault_fallback_charge")
+            head = -1
         if head >= 0:
             map_new_thp(machine, mm, vma, region, head, pmd_table_id(entry))
             machine.count("thp_fault_alloc")
@@ -117,7 +156,7 @@ def handle_mm_fault_range(machine: "Machine", mm: MM, vma: VMA, start: int, end:
     The caller has checked that the VMA permits the access."""
     pt = machine.page_tables
     vma_write = bool(vma.flags & VM_WRITE)
-    memcg = 0
+    memcg = mm.memcg.id
     for region, lo, hi in mm.regions(start, end):
         i0, i1 = (lo - region) >> PAGE_SHIFT, (hi - region) >> PAGE_SHIFT
         vpn0 = lo >> PAGE_SHIFT
@@ -160,11 +199,48 @@ def handle_mm_fault_range(machine: "Machine", mm: MM, vma: VMA, start: int, end:
         if write:
             anon_vma_prepare(machine, vma)
         tid = _pte_table(machine, mm, region)
+        _fault_ptes(machine, mm, tid, i0, i1, write, vma_write, vpn0, value_mode, value, o, memcg)
+
+
+def _fault_ptes(machine, mm, tid, i0, i1, write, vma_write, vpn0, value_mode, value, out, memcg):
+    """Fault PTEs i0..i1-1, reclaiming (memcg limit or global) and OOM-killing as needed."""
+    from .vmscan import try_to_free_pages
+    pt = machine.page_tables
+    zone = machine.page_alloc.zone
+    retries = 0
+    while i0 < i1:
+        margin = machine.cgroups.margin(mm.memcg)
+        pt.charge_budget = -1 if margin is None else max(margin, 0)
         pt.reset_stats()
-        rc = pt.fault(tid, i0, i1, write, vma_write, vpn0, value_mode, value, o, memcg)
-        _account(machine, mm, pt.get_stats())
-        if rc != 0:
+        rc = pt.fault(tid, i0, i1, write, vma_write, vpn0, value_mode, value, out, memcg)
+        pt.charge_budget = -1
+        stats = pt.get_stats()
+        _account(machine, mm, stats)
+        if zone.nr_free_pages < zone.watermarks()[1] + zone.watermark_boost:
+            machine.wakeup_kswapd()
+        if rc == 0:
+            return
+        done = stats["stopped_at"] - i0
+        vpn0 += done
+        if out is not None:
+            out = out[done:]
+        i0 = stats["stopped_at"]
+        if rc == -2:                                    # over memory.max
+            if machine.cgroups.try_charge(mm.memcg, 1, True):
+                continue
+            limiting = machine.cgroups.over_limit(mm.memcg, 1)
+            limiting.events["oom"] += 1
+            victim = machine.oom_kill(limiting)
+        else:                                           # no free memory: direct reclaim
+            if try_to_free_pages(machine) and retries < 16:
+                retries += 1
+                continue
+            retries = 0
+            victim = machine.oom_kill(None)
+        if victim is None:
             raise OutOfMemory()
+        if victim.mm is mm:
+            raise OOMKilled(victim.pid)
 
 
 def _account(machine: "Machine", mm: MM, stats: dict) -> None:

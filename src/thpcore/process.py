@@ -212,7 +212,8 @@ class Process:
     def fork(self) -> "Process":
         """fork(2): a child with a copy-on-write copy of the address space."""
         mm = self._live()
-        child = self.machine.spawn(name=self.name, uid=self.uid, caps=self.caps)
+        child = self.machine.spawn(name=self.name, uid=self.uid, caps=self.caps,
+                                   cgroup=self.memcg.path)
         child.parent = self
         dup_mm(self.machine, mm, child.mm)
         return child
@@ -288,6 +289,8 @@ class Process:
         if mm.registered:
             m.khugepaged.mm_exit(mm)
             mm.registered = False
+        for fd_target in list(self.fds):
+            del self.fds[fd_target]
         self.alive = False
         self.exit_reason = self.exit_reason or "exit"
 

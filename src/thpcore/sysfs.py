@@ -271,8 +271,9 @@ class ThpSettings(KnobGroup):
 class Sysfs:
     """Path-level access: m.sysfs.read(path) / m.sysfs.write(path, text), kernel texts."""
 
-    def __init__(self, thp: ThpSettings):
+    def __init__(self, thp: ThpSettings, cgroups=None):
         self.thp = thp
+        self.cgroups = cgroups
         self._files: dict[str, tuple[KnobGroup, str, Knob]] = {}
         self._dirs: dict[str, list[str]] = {}
         self._add_group(THP_ROOT, thp)
@@ -312,8 +313,16 @@ class Sysfs:
         path = self._normalize(path)
         return path in self._files or path in self._dirs
 
+    def _cgroup_file(self, path: str):
+        if self.cgroups is None or not path.startswith("/sys/fs/cgroup/"):
+            return None
+        return self.cgroups.paths().get(path)
+
     def read(self, path: str) -> str:
         path = self._normalize(path)
+        cg = self._cgroup_file(path)
+        if cg is not None:
+            return self.cgroups.read(*cg)
         if path in self._files:
             group, name, knob = self._files[path]
             return knob.render(getattr(group, name))
@@ -333,6 +342,10 @@ class Sysfs:
             data = bytes(data).decode("latin-1")     # one char per byte, so len() counts bytes
         else:
             raise TypeError(f"data must be str or bytes, not {type(data).__name__}")
+        cg = self._cgroup_file(path)
+        if cg is not None:
+            data = data[:KERNFS_MAX_WRITE]
+            return self.cgroups.write(cg[0], cg[1], data) if data else 0
         if path in self._dirs:
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
         if path not in self._files:
