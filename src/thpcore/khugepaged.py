@@ -127,8 +127,7 @@ def collapse_huge_page(machine: "Machine", mm: MM, vma: VMA, region: int, cc: Co
     from .memory import charge_thp
     if not charge_thp(machine, mm, head, cc.gfp):
         return ScanResult.SCAN_CGROUP_CHARGE_FAIL
-    for c in mm.memcg.ancestors():
-        c.stat_events["thp_collapse_alloc"] += 1
+    mm.memcg.stat_events["thp_collapse_alloc"] += 1
     pt = machine.page_tables
     tid = pmd_table_id(mm.get_pmd(region))
     if unmapped:
@@ -226,8 +225,7 @@ def _collapse_batch(machine: "Machine", mm: MM, vma: VMA, start: int, hend: int,
         map_new_thp(machine, mm, vma, region, int(heads[i]), int(tids[i]))
     if made.size:
         machine.count("thp_collapse_alloc", int(made.size))
-        for c in mm.memcg.ancestors():
-            c.stat_events["thp_collapse_alloc"] += int(made.size)
+        mm.memcg.stat_events["thp_collapse_alloc"] += int(made.size)
     failed = int((handled == ScanResult.SCAN_ALLOC_HUGE_PAGE_FAIL).sum())
     if failed:
         machine.count("thp_collapse_alloc_failed", failed)

@@ -88,8 +88,7 @@ def _do_huge_pmd_anonymous_page(machine: "Machine", mm: MM, vma: VMA, region: in
         machine.count_mthp("anon_fault_fallback")
         machine.count_mthp("anon_fault_fallback_charge")
         return False
-    for c in mm.memcg.ancestors():
-        c.stat_events["thp_fault_alloc"] += 1
+    mm.memcg.stat_events["thp_fault_alloc"] += 1       # memory.stat sums the subtree
     deposit = pt.new_table()
     if deposit < 0:
         machine.page_alloc.zone.free(head, 9)
