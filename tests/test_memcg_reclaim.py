@@ -193,3 +193,18 @@ def test_partially_mapped_thps_are_split_by_reclaim():
     assert freed == 4 * 256 and m.page_alloc.zone.nr_free_pages == free + 4 * 256
     assert m.vmstat["thp_split_page"] == 4
     m.check()
+
+
+def test_memory_high_reclaims_the_excess_after_the_fault():
+    m = thpcore.Machine("1G", swap="256M", seed=0, transparent_hugepage="never")
+    m.cgroups.create("h")
+    m.sysfs.write(f"{CG}/h/memory.high", "8M")
+    p = m.spawn(cgroup="h")
+    a = p.mmap(16 * MB)
+    p.write(a, 16 * MB)
+    p.madvise(a, 16 * MB, thpcore.MADV_COLD)
+    p.write(a, 4096)                                   # the next return to user space reclaims
+    assert int(m.sysfs.read(f"{CG}/h/memory.current")) <= 8 * MB
+    events = dict(line.split() for line in m.sysfs.read(f"{CG}/h/memory.events").splitlines())
+    assert int(events["high"]) >= 1 and int(events["oom_kill"]) == 0
+    m.check()

@@ -218,6 +218,7 @@ def _fault_ptes(machine, mm, tid, i0, i1, write, vma_write, vpn0, value_mode, va
         if zone.nr_free_pages < zone.watermarks()[1] + zone.watermark_boost:
             machine.wakeup_kswapd()
         if rc == 0:
+            handle_over_high(machine, mm)
             return
         done = stats["stopped_at"] - i0
         vpn0 += done
@@ -240,6 +241,19 @@ def _fault_ptes(machine, mm, tid, i0, i1, write, vma_write, vpn0, value_mode, va
             raise OutOfMemory()
         if victim.mm is mm:
             raise OOMKilled(victim.pid)
+
+
+def handle_over_high(machine: "Machine", mm: MM) -> None:
+    """mem_cgroup_handle_over_high(): a task over memory.high reclaims the excess on its way
+    back to user space (the kernel also throttles it; that delay is not modelled)."""
+    from .vmscan import try_to_free_mem_cgroup_pages
+    for c in mm.memcg.ancestors():
+        if c.high_pages is None:
+            continue
+        excess = machine.cgroups.usage_pages(c) - c.high_pages
+        if excess > 0:
+            c.events["high"] += 1
+            try_to_free_mem_cgroup_pages(machine, c, excess)
 
 
 def _account(machine: "Machine", mm: MM, stats: dict) -> None:
