@@ -148,6 +148,15 @@ class ProcessMachine(RuleBasedStateMachine):
         self.m.thp.khugepaged.scan_sleep_millisecs = 10
         self.m.run(ms=ms)
 
+    @rule(want=st.sampled_from([32, 512, 4096]))
+    def reclaim(self, want):
+        from thpcore.vmscan import shrink_node
+        shrink_node(self.m, want)                    # shrinker + CLOCK; contents must survive
+
+    @rule()
+    def compact(self):
+        self.m.procfs.write("/proc/sys/vm/compact_memory", "1")
+
     @precondition(lambda self: len(self.procs) > 1)
     @rule(data=st.data())
     def exit(self, data):
