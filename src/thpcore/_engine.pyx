@@ -446,8 +446,7 @@ cdef class Zone:
     cdef void free_pages(self, uint32_t pfn, int order) noexcept nogil:
         cdef int64_t n = <int64_t>1 << order, i
         if self.flags[pfn] & PG_lru:                 # uncharge user frames from their memcg
-            for i in range(n):
-                self.memcg_pages[self.memcg[pfn + i]] -= 1
+            self.memcg_pages[self.memcg[pfn]] -= n   # a user block is charged to one memcg
         if order == 0:
             self.flags[pfn] = 0
         else:
@@ -474,6 +473,12 @@ cdef class Zone:
                 if pfns[i + (2 << k) - 1] != p + (<uint32_t>2 << k) - 1:
                     break
                 k += 1
+            if k and (self.flags[p] & PG_lru):
+                # The run's pages may belong to different memcgs: uncharge each one, and
+                # let free_pages() uncharge the head's memcg for the block as a whole.
+                for j in range(1 << k):
+                    self.memcg_pages[self.memcg[p + j]] -= 1
+                self.memcg_pages[self.memcg[p]] += 1 << k
             self.free_pages(p, k)
             i += 1 << k
 

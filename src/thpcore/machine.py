@@ -443,6 +443,13 @@ class Machine:
         err = self.page_tables.check_against(tables, heads)
         if err:
             raise InvariantError(err)
+        f = zone.frames()
+        user = (f["flags"] & _engine.PY_PG_LRU) != 0
+        charged = np.bincount(f["memcg"][user], minlength=1 << 16)
+        usage = zone.memcg_usage()
+        if not np.array_equal(charged, usage):
+            cid = int(np.nonzero(charged != usage)[0][0])
+            raise InvariantError(f"memcg {cid}: {usage[cid]} pages charged, {charged[cid]} held")
         if pmd_counts != self.thp_pmd_mappings:
             raise InvariantError("PMD-mapped THP bookkeeping disagrees with the page tables")
 

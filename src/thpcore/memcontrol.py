@@ -53,6 +53,8 @@ class CgroupTree:
         self.root = MemCgroup(0, "", None)
         self.by_path = {"": self.root}
         self._next_id = 1
+        self.any_max = False             # fast paths skip limit checks until a limit is set
+        self.any_high = False
 
     def create(self, path: str) -> MemCgroup:
         if not isinstance(path, str):
@@ -87,6 +89,8 @@ class CgroupTree:
 
     def margin(self, cg: MemCgroup) -> int | None:
         """Pages that may still be charged to cg before some ancestor hits memory.max."""
+        if not self.any_max:
+            return None
         best = None
         for c in cg.ancestors():
             if c.max_pages is not None:
@@ -95,6 +99,8 @@ class CgroupTree:
         return best
 
     def over_limit(self, cg: MemCgroup, nr: int) -> MemCgroup | None:
+        if not self.any_max:
+            return None
         for c in cg.ancestors():
             if c.max_pages is not None and self.usage_pages(c) + nr > c.max_pages:
                 return c
@@ -159,8 +165,10 @@ class CgroupTree:
                 raise OSError(errno.EINVAL, "Invalid argument", name) from None
         if name == "memory.high":
             cg.high_pages = pages
+            self.any_high = self.any_high or pages is not None
             return len(data)
         cg.max_pages = pages
+        self.any_max = self.any_max or pages is not None
         # memory_max_write(): reclaim down to the new limit, then OOM-kill inside the cgroup.
         from .vmscan import try_to_free_mem_cgroup_pages
         retries = MAX_RECLAIM_RETRIES

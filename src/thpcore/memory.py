@@ -246,6 +246,8 @@ def _fault_ptes(machine, mm, tid, i0, i1, write, vma_write, vpn0, value_mode, va
 def handle_over_high(machine: "Machine", mm: MM) -> None:
     """mem_cgroup_handle_over_high(): a task over memory.high reclaims the excess on its way
     back to user space (the kernel also throttles it; that delay is not modelled)."""
+    if not machine.cgroups.any_high:
+        return
     from .vmscan import try_to_free_mem_cgroup_pages
     for c in mm.memcg.ancestors():
         if c.high_pages is None:
