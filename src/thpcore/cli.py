@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("-o", "--output", help="write the cost profile (JSON) here; "
                      "Machine(costs=PATH) loads it")
     cal.set_defaults(func=lambda a: __import__("thpcore.calibrate", fromlist=["main"]).main(a.output))
+    fid = sub.add_parser("fidelity", help="run the fidelity suite on this kernel and in the "
+                         "simulator, and compare (root; every knob and swap file is restored)")
+    fid.add_argument("-k", dest="only", help="only scenarios whose name contains this text")
+    fid.set_defaults(func=lambda a: __import__("thpcore.fidelity", fromlist=["main"]).main(a.only))
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -1,0 +1,415 @@
+"""Fidelity: the same scenario on this machine's kernel and in the simulator, outcome by
+outcome. The backends below give a scenario one small vocabulary (region, madvise, mprotect,
+munmap, write, read, smaps, vmstat); `thpcore fidelity` runs the suite and prints a table.
+
+Every THP knob a scenario sets is restored (live.thp_settings), swap files are removed
+(live.swap_file), and only this process and its own children are touched.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+import thpcore
+from thpcore import live
+from thpcore.constants import (MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_HUGEPAGE,
+                               MADV_NOHUGEPAGE, MADV_PAGEOUT, PROT_READ, PROT_WRITE)
+
+MB = 1 << 20
+HP = 2 * MB
+THP = "/sys/kernel/mm/transparent_hugepage"
+
+
+def available() -> str | None:
+    """None if the live side can run here, else why not."""
+    if not os.path.exists(f"{THP}/enabled"):
+        return "no /sys/kernel/mm/transparent_hugepage (THP not built in)"
+    if os.geteuid() != 0:
+        return "needs root to set the THP knobs"
+    if not os.path.exists("/proc/self/smaps"):
+        return "no /proc/self/smaps"
+    return None
+
+
+class Live:
+    """The scenario backend that runs on this machine's kernel."""
+
+    def __init__(self):
+        self.regions = []
+
+    def region(self, length, offset=0):
+        r = live.Region.aligned(length, offset=offset)
+        self.regions.append(r)
+        return r
+
+    def madvise(self, r, off, length, advice):
+        return r.madvise(off, length, advice)
+
+    def mprotect(self, r, off, length, prot):
+        return r.mprotect(off, length, prot)
+
+    def munmap(self, r, off, length):
+        return r.munmap(off, length)
+
+    def write(self, r, off, length, value=1):
+        r.write(off, length, value=value)
+
+    def read(self, r, off, length):
+        return list(r.read(off, length))
+
+    def smaps(self, r):
+        s = r.smaps(partial="include")
+        return {k: s.get(k, 0) for k in ("Rss", "AnonHugePages", "Swap")}
+
+    def vmstat(self):
+        return live.vmstat()
+
+    def close(self):
+        for r in self.regions:
+            r.close()
+
+
+class SimRegion:
+    def __init__(self, p, addr, length):
+        self.p, self.addr, self.length = p, addr, length
+
+
+class Sim:
+    """The same scenario on a simulated machine configured like the live knobs."""
+
+    def __init__(self, swap=None, addresses=()):
+        self.m = thpcore.Machine("4G", swap=swap, seed=0)
+        for knob in ("enabled", "defrag", "use_zero_page", "shrink_underused"):
+            self.m.sysfs.write(f"{THP}/{knob}", live.read_knob(knob).split("[")[-1].split("]")[0])
+        self.p = self.m.spawn()
+        self.addresses = list(addresses)
+
+    def region(self, length, offset=0):
+        """At the live region's address when replaying (which GiB a region lies in decides
+        whether an untouched one has a PMD table at all), else wherever mmap puts it."""
+        from .constants import MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE
+        if self.addresses:
+            addr = self.addresses.pop(0)
+            self.p.mmap(length, addr=addr, flags=MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)
+            return SimRegion(self.p, addr, length)
+        base = self.p.mmap(length + 2 * MB)
+        assert base % (2 * MB) == 0
+        return SimRegion(self.p, base + offset, length)
+
+    def _errno(self, fn):
+        try:
+            fn()
+            return 0
+        except OSError as e:
+            return e.errno
+
+    def madvise(self, r, off, length, advice):
+        return self._errno(lambda: r.p.madvise(r.addr + off, length, advice))
+
+    def mprotect(self, r, off, length, prot):
+        return self._errno(lambda: r.p.mprotect(r.addr + off, length, prot))
+
+    def munmap(self, r, off, length):
+        return self._errno(lambda: r.p.munmap(r.addr + off, length))
+
+    def write(self, r, off, length, value=1):
+        r.p.write(r.addr + off, length, value=value)
+
+    def read(self, r, off, length):
+        return [int(x) for x in r.p.read(r.addr + off, length)]
+
+    def smaps(self, r):
+        out = {"Rss": 0, "AnonHugePages": 0, "Swap": 0}
+        for e in r.p.smaps():
+            if e["end"] > r.addr and e["start"] < r.addr + r.length:
+                for k in out:
+                    out[k] += e[k]
+        return out
+
+    def vmstat(self):
+        return dict(self.m.vmstat)
+
+    def close(self):
+        self.m.check()
+
+
+def delta(before, after, names):
+    return {n: after.get(n, 0) - before.get(n, 0) for n in names}
+
+
+def run_both(scenario, swap=False, sim_setup=None, **knobs):
+    """(live result, simulated result) of one scenario under the given knobs."""
+    why = available()
+    if why:
+        raise live.Unsupported(why)
+    with live.thp_settings(**knobs):
+        if swap:
+            with live.swap_file(64 * MB):
+                return _run_pair(scenario, swap, sim_setup)
+        return _run_pair(scenario, swap, sim_setup)
+
+
+def _run_pair(scenario, swap, sim_setup=None):
+    lv = Live()
+    try:
+        got_live = scenario(lv)
+    finally:
+        lv.close()
+    sim = Sim(swap="64M" if swap else None, addresses=[r.addr for r in lv.regions])
+    if sim_setup is not None:
+        sim_setup(sim)
+    got_sim = scenario(sim)
+    sim.close()
+    return got_live, got_sim
+
+
+# ---- the suite -------------------------------------------------------------------------------------
+
+def _fault_matrix(advice):
+    def scenario(b):
+        r = b.region(4 * MB)
+        if advice is not None:
+            b.madvise(r, 0, 4 * MB, advice)
+        v0 = b.vmstat()
+        b.write(r, 0, 4 * MB)
+        return b.smaps(r), delta(v0, b.vmstat(), ["thp_fault_alloc", "thp_fault_fallback"])
+    return scenario
+
+
+def _read_then_write(b):
+    r = b.region(4 * MB)
+    b.madvise(r, 0, 4 * MB, MADV_HUGEPAGE)
+    v0 = b.vmstat()
+    values = b.read(r, 0, 4 * MB)
+    after_read = b.smaps(r)
+    v1 = b.vmstat()
+    b.write(r, 4096, 4096, value=7)
+    return (sum(values), after_read, delta(v0, v1, ["thp_fault_alloc"]), b.smaps(r),
+            delta(v1, b.vmstat(), ["thp_fault_alloc", "thp_split_pmd"]), b.read(r, 0, 3 * 4096))
+
+
+def _unaligned(b):
+    r = b.region(4 * MB, offset=4096)
+    b.madvise(r, 0, 4 * MB, MADV_HUGEPAGE)
+    b.write(r, 0, 4 * MB)
+    return b.smaps(r)
+
+
+def _partial(how):
+    def scenario(b):
+        r = b.region(HP)
+        b.madvise(r, 0, HP, MADV_HUGEPAGE)
+        b.write(r, 0, HP)
+        v0 = b.vmstat()
+        rc = {"dontneed_4k": lambda: b.madvise(r, 0, 4096, MADV_DONTNEED),
+              "dontneed_all": lambda: b.madvise(r, 0, HP, MADV_DONTNEED),
+              "munmap_4k": lambda: b.munmap(r, 0, 4096),
+              "mprotect_4k": lambda: b.mprotect(r, 0, 4096, PROT_READ),
+              "mprotect_all": lambda: b.mprotect(r, 0, HP, PROT_READ)}[how]()
+        return rc, b.smaps(r), delta(v0, b.vmstat(), ["thp_split_pmd", "thp_deferred_split_page",
+                                                      "thp_split_page"])
+    return scenario
+
+
+def _fork_cow(b):
+    r = b.region(HP)
+    b.madvise(r, 0, HP, MADV_HUGEPAGE)
+    b.write(r, 0, HP, value=5)
+    if isinstance(b, Live):
+        def child():
+            b.write(r, 0, 4096, value=9)
+            return b.smaps(r), b.read(r, 0, 2 * 4096)
+        child_view = live.fork_and_run(child)
+    else:
+        c = b.p.fork()
+        cr = SimRegion(c, r.addr, r.length)
+        b.write(cr, 0, 4096, value=9)
+        child_view = (b.smaps(cr), b.read(cr, 0, 2 * 4096))
+        c.exit()
+    # (No vmstat deltas here: the forked interpreter COWs its own THPs too.)
+    return child_view, b.smaps(r), b.read(r, 0, 2 * 4096)
+
+
+def _pageout(thp):
+    def scenario(b):
+        r = b.region(HP)
+        if thp:
+            b.madvise(r, 0, HP, MADV_HUGEPAGE)
+        b.write(r, 0, HP, value=11)
+        v0 = b.vmstat()
+        rc = b.madvise(r, 0, HP, MADV_PAGEOUT)
+        out = b.smaps(r)
+        d = delta(v0, b.vmstat(), ["pswpout", "thp_swpout", "thp_swpout_fallback", "thp_split_page"])
+        return rc, out, d, set(b.read(r, 0, HP)), b.smaps(r)
+    return scenario
+
+
+def _madvise_errno(b):
+    r = b.region(4 * MB)
+    return [b.madvise(r, 1, 4096, MADV_DONTNEED), b.madvise(r, 0, 4096, 99),
+            b.madvise(r, 0, 0, 26), b.madvise(r, 0, 0, MADV_DONTNEED),
+            b.madvise(r, 0, -4096, MADV_DONTNEED), b.mprotect(r, 0, 4 * MB, PROT_READ | PROT_WRITE)]
+
+
+def _cold_zero_remap(b):
+    r = b.region(HP)
+    b.madvise(r, 0, HP, MADV_HUGEPAGE)
+    b.write(r, 0, MB, value=0)
+    b.write(r, MB, MB, value=5)
+    v0 = b.vmstat()
+    rc = b.madvise(r, 0, 4096, MADV_COLD)
+    return rc, b.smaps(r), delta(v0, b.vmstat(), ["thp_split_page", "thp_split_pmd"]), \
+        set(b.read(r, 0, HP))
+
+
+COLLAPSE_SETUPS = {
+    "all_written": lambda b, r: b.write(r, 0, HP),
+    "one_page": lambda b, r: b.write(r, 0, 4096),
+    "zero_ptes_only": lambda b, r: b.read(r, 0, HP),
+    "untouched": lambda b, r: None,
+    "nohugepage": lambda b, r: (b.write(r, 0, HP), b.madvise(r, 0, HP, MADV_NOHUGEPAGE)),
+    "read_only": lambda b, r: (b.write(r, 0, HP), b.mprotect(r, 0, HP, PROT_READ)),
+    "partial_thp": lambda b, r: (b.madvise(r, 0, HP, MADV_HUGEPAGE), b.write(r, 0, HP),
+                                 b.madvise(r, 0, 4096, MADV_DONTNEED)),
+    "already_thp": lambda b, r: (b.madvise(r, 0, HP, MADV_HUGEPAGE), b.write(r, 0, HP)),
+}
+
+
+def _collapse_case(setup):
+    def scenario(b):
+        r = b.region(HP)
+        COLLAPSE_SETUPS[setup](b, r)
+        v0 = b.vmstat()
+        rc = b.madvise(r, 0, HP, MADV_COLLAPSE)
+        return rc, b.smaps(r), delta(v0, b.vmstat(), ["thp_collapse_alloc"]), \
+            sorted(set(b.read(r, 0, HP)))
+    return scenario
+
+
+def _collapse_range(off, length):
+    def scenario(b):
+        r = b.region(4 * MB)
+        b.write(r, 0, 4 * MB)
+        return b.madvise(r, off, length, MADV_COLLAPSE), b.smaps(r)
+    return scenario
+
+
+def _collapse_abort(which):
+    def scenario(b):
+        r = b.region(4 * MB)
+        b.write(r, which * HP, 4096)
+        return b.madvise(r, 0, 4 * MB, MADV_COLLAPSE), b.smaps(r)
+    return scenario
+
+
+def _collapse_swapin(b):
+    r = b.region(HP)
+    b.write(r, 0, HP, value=3)
+    b.madvise(r, 0, 100 * 4096, MADV_PAGEOUT)
+    swapped = b.smaps(r)
+    rc = b.madvise(r, 0, HP, MADV_COLLAPSE)
+    return swapped, rc, b.smaps(r), sorted(set(b.read(r, 0, HP)))
+
+
+def _khugepaged(max_ptes_none, written):
+    def scenario(b):
+        r = b.region(HP)
+        b.write(r, 0, written * 4096)
+        b.madvise(r, 0, HP, MADV_HUGEPAGE)
+        if isinstance(b, Live):
+            path = f"{THP}/khugepaged/full_scans"
+            target = int(open(path).read()) + 2
+            deadline = time.time() + 10
+            while int(open(path).read()) < target and time.time() < deadline:
+                time.sleep(0.01)
+            if int(open(path).read()) < target:
+                raise TimeoutError("khugepaged did not complete two full scans")
+        else:
+            b.m.khugepaged.wait_full_scans(2)
+        return b.smaps(r)["AnonHugePages"], sorted(set(b.read(r, 0, HP)))
+    return scenario
+
+
+def _khugepaged_setup(max_ptes_none):
+    def setup(sim):
+        k = sim.m.thp.khugepaged
+        k.scan_sleep_millisecs = k.alloc_sleep_millisecs = 10
+        k.max_ptes_none = max_ptes_none
+    return setup
+
+
+def _suite():
+    """(name, scenario, run_both keyword arguments)."""
+    out = []
+    for enabled in ("always", "madvise", "never"):
+        for name, advice in (("none", None), ("hugepage", MADV_HUGEPAGE),
+                             ("nohugepage", MADV_NOHUGEPAGE)):
+            out.append((f"fault enabled={enabled} advice={name}", _fault_matrix(advice),
+                        {"enabled": enabled, "defrag": "madvise"}))
+    for zp in (0, 1):
+        out.append((f"read then write use_zero_page={zp}", _read_then_write,
+                    {"enabled": "madvise", "use_zero_page": zp}))
+    out.append(("unaligned VMA", _unaligned, {"enabled": "madvise"}))
+    for how in ("dontneed_4k", "dontneed_all", "munmap_4k", "mprotect_4k", "mprotect_all"):
+        out.append((f"THP then {how}", _partial(how), {"enabled": "madvise"}))
+    out.append(("fork + COW write", _fork_cow, {"enabled": "madvise"}))
+    for thp in (False, True):
+        out.append((f"pageout + reread thp={thp}", _pageout(thp), {"enabled": "madvise", "swap": True}))
+    out.append(("madvise errno", _madvise_errno, {"enabled": "madvise"}))
+    out.append(("partial COLD remaps zero subpages", _cold_zero_remap, {"enabled": "madvise"}))
+    for setup in COLLAPSE_SETUPS:
+        out.append((f"MADV_COLLAPSE {setup}", _collapse_case(setup), {"enabled": "never"}))
+    for off, length in ((0, 4096), (4096, 8192), (4096, 4 * MB - 8192), (0, 4 * MB)):
+        out.append((f"MADV_COLLAPSE range +{off:#x} len {length:#x}", _collapse_range(off, length),
+                    {"enabled": "never"}))
+    for which in (0, 1):
+        out.append((f"MADV_COLLAPSE aborts at untouched region (written {which})",
+                    _collapse_abort(which), {"enabled": "never"}))
+    out.append(("MADV_COLLAPSE swaps in", _collapse_swapin, {"enabled": "never", "swap": True}))
+    for mpn, written in ((511, 1), (0, 511), (1, 511)):
+        out.append((f"khugepaged max_ptes_none={mpn} written={written}", _khugepaged(mpn, written),
+                    {"enabled": "madvise", "khugepaged/scan_sleep_millisecs": 10,
+                     "khugepaged/alloc_sleep_millisecs": 10, "khugepaged/max_ptes_none": mpn,
+                     "sim_setup": _khugepaged_setup(mpn)}))
+    return out
+
+
+SUITE = _suite()
+
+
+def run_case(name: str, scenario, kwargs: dict):
+    """(live, simulated) for one suite entry."""
+    kw = dict(kwargs)
+    swap = kw.pop("swap", False)
+    sim_setup = kw.pop("sim_setup", None)
+    return run_both(scenario, swap=swap, sim_setup=sim_setup, **kw)
+
+
+def main(only: str | None = None) -> int:
+    """`thpcore fidelity`: run the suite, print scenario / live / simulated / match."""
+    why = available()
+    if why:
+        print(f"thpcore fidelity: cannot run on this host: {why}")
+        return 2
+    rows, failures = [], 0
+    for name, scenario, kwargs in SUITE:
+        if only and only not in name:
+            continue
+        try:
+            got_live, got_sim = run_case(name, scenario, kwargs)
+        except live.Unsupported as exc:
+            rows.append((name, f"skipped: {exc}", "", "-"))
+            continue
+        ok = got_live == got_sim
+        failures += not ok
+        rows.append((name, repr(got_live), repr(got_sim), "yes" if ok else "NO"))
+    w = max(len(r[0]) for r in rows) if rows else 10
+    print(f"{'scenario':<{w}}  match  live / simulated")
+    for name, lv, sv, match in rows:
+        print(f"{name:<{w}}  {match:<5}  {lv[:100]}")
+        if match == "NO":
+            print(f"{'':<{w}}         {sv[:100]}")
+    print(f"{len(rows)} scenarios, {failures} mismatches")
+    return 1 if failures else 0
