@@ -99,3 +99,19 @@ def test_meminfo():
     assert info["PageTables"] == 8                                          # two tables
     assert list(info) == ["MemTotal", "MemFree", "SwapTotal", "SwapFree", "AnonPages",
                           "PageTables", "AnonHugePages"]
+
+
+def test_smaps_parser_reads_simulated_text():
+    from thpcore.procfs import parse_smaps
+    m = thpcore.Machine("1G")
+    p = m.spawn()
+    a = p.mmap(4 << 20)
+    p.madvise(a, 4 << 20, thpcore.MADV_HUGEPAGE)
+    p.write(a, 3 << 20)
+    parsed = parse_smaps(m.procfs.read(f"/proc/{p.pid}/smaps"))
+    direct = p.smaps()
+    assert len(parsed) == len(direct) == 1
+    assert parsed[0]["start"] == a and parsed[0]["fields"]["AnonHugePages"] == 4096
+    for k in ("Rss", "Pss", "Private_Dirty", "AnonHugePages", "Swap", "Size"):
+        assert parsed[0]["fields"][k] == direct[0][k]
+    assert parsed[0]["VmFlags"] == direct[0]["VmFlags"] and parsed[0]["THPeligible"] == 1

@@ -117,6 +117,44 @@ def parse_meminfo(text: str) -> dict[str, int]:
     return out
 
 
+_SMAPS_HDR = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) (\S+) (\d+)\s*(.*)$")
+
+
+def parse_smaps(text: str) -> list[dict]:
+    """Parse /proc/<pid>/smaps text into a list of VMA records.
+
+    Each record: start, end (ints), perms, offset, dev, inode, name, fields ({name: kB int}),
+    VmFlags (list of two-letter flags), THPeligible (int or None), text (the verbatim lines).
+    """
+    vmas, cur = [], None
+    for line in text.splitlines():
+        m = _SMAPS_HDR.match(line)
+        if m:
+            cur = {"start": int(m.group(1), 16), "end": int(m.group(2), 16),
+                   "perms": m.group(3), "offset": int(m.group(4), 16), "dev": m.group(5),
+                   "inode": int(m.group(6)), "name": m.group(7), "fields": {},
+                   "VmFlags": [], "THPeligible": None, "text": [line]}
+            vmas.append(cur)
+            continue
+        if cur is None:
+            continue
+        cur["text"].append(line)
+        key, _, rest = line.partition(":")
+        rest = rest.strip()
+        if key == "VmFlags":
+            cur["VmFlags"] = rest.split()
+        elif key == "THPeligible":
+            cur["THPeligible"] = int(rest)
+        elif rest.endswith(" kB"):
+            cur["fields"][key] = int(rest[:-3])
+        elif rest.lstrip("-").isdigit():
+            cur["fields"][key] = int(rest)
+    for v in vmas:
+        v["text"] = "\n".join(v["text"]) + "\n"
+    return vmas
+
+
+
 class Procfs:
     """m.procfs.read(path) for the /proc files the simulator models."""
 
@@ -179,5 +217,5 @@ class Procfs:
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
 
 
-__all__ = ["Procfs", "parse_buddyinfo", "parse_meminfo", "parse_pagetypeinfo", "parse_vmstat",
+__all__ = ["Procfs", "parse_buddyinfo", "parse_meminfo", "parse_smaps", "parse_pagetypeinfo", "parse_vmstat",
            "render_buddyinfo", "render_pagetypeinfo"]
