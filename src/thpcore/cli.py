@@ -35,6 +35,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from .snapshot import save
+    snap = save(args.pid, args.output)
+    n = len(snap["vma_start"])
+    pages = int(((snap["pagemap"] >> 63) & 1).sum())
+    print(f"pid {args.pid} ({snap['comm']}): {n} anonymous VMAs, {pages} present pages -> "
+          f"{args.output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="thpcore", description=__doc__)
     parser.add_argument("--version", action="version", version=f"thpcore {__version__}")
@@ -47,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("-o", "--output", help="write the cost profile (JSON) here; "
                      "Machine(costs=PATH) loads it")
     cal.set_defaults(func=lambda a: __import__("thpcore.calibrate", fromlist=["main"]).main(a.output))
+    snap = sub.add_parser("snapshot", help="capture a live process's anonymous memory for "
+                          "Machine.from_snapshot (reads /proc; root for page frames)")
+    snap.add_argument("pid", type=int)
+    snap.add_argument("-o", "--output", required=True, help="the .npz file to write")
+    snap.set_defaults(func=cmd_snapshot)
     fid = sub.add_parser("fidelity", help="run the fidelity suite on this kernel and in the "
                          "simulator, and compare (root; every knob and swap file is restored)")
     fid.add_argument("-k", dest="only", help="only scenarios whose name contains this text")

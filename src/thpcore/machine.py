@@ -494,6 +494,13 @@ class Machine:
         h.update(json.dumps(meta, sort_keys=True, default=str).encode())
         return h.hexdigest()
 
+    @classmethod
+    def from_snapshot(cls, path, memory=None, swap=None, seed: int = 0) -> "Machine":
+        """Rebuild a process captured with `thpcore snapshot PID -o path` (see snapshot.py)."""
+        from .snapshot import rebuild
+        with np.load(path) as snap:
+            return rebuild({k: snap[k] for k in snap.files}, memory, swap, seed)
+
     def __repr__(self) -> str:
         return (f"Machine(memory={format_size(self.memory_bytes)!r}, kernel={self.kernel!r}, "
                 f"seed={self.seed})")
