@@ -1750,3 +1750,67 @@ cdef class PageTables:
     @property
     def nbytes(self):
         return self.capacity * (PTRS_PER_PTE * 4 + 8)
+
+
+# ================================================================================================
+# pagemap classification (live hosts and simulated processes alike)
+
+REGION_FIELDS = ("present", "swapped", "none", "zero", "shared", "pte_mapped_thp", "pmd_mapped")
+
+
+def scan_pagemap(const uint64_t[::1] pagemap, const uint64_t[::1] kpageflags,
+                 const uint64_t[::1] kpagecount, int64_t first_vpn):
+    """Per 2 MiB region counts from /proc/PID/pagemap entries of consecutive pages starting at
+    virtual page first_vpn, with /proc/kpageflags and /proc/kpagecount values of each page (0
+    where not present). Returns an int32 array [regions, 7] in REGION_FIELDS order: present,
+    swapped, none, zero (zero page), shared (kpagecount > 1), pte_mapped_thp (THP subpages not
+    mapped by a PMD) and pmd_mapped (pages of PMD-mapped THPs: a whole aligned region of
+    contiguous, aligned THP pages)."""
+    cdef int64_t n = pagemap.shape[0], i, r, k, first, last, nreg
+    if kpageflags.shape[0] != n or kpagecount.shape[0] != n:
+        raise ValueError("pagemap, kpageflags and kpagecount must have the same length")
+    if first_vpn < 0:
+        raise ValueError("first_vpn must be >= 0")
+    first = first_vpn >> 9
+    last = (first_vpn + n - 1) >> 9 if n else first - 1
+    nreg = last - first + 1
+    out_np = np.zeros((max(nreg, 0), 7), dtype=np.int32)
+    cdef int32_t[:, ::1] out = out_np
+    cdef uint64_t e, f
+    cdef uint64_t PRESENT = <uint64_t>1 << 63, SWAP = <uint64_t>1 << 62
+    cdef uint64_t PFN = (<uint64_t>1 << 55) - 1
+    cdef uint64_t THP = <uint64_t>1 << 22, ZERO = <uint64_t>1 << 24
+    cdef bint pmd
+    with nogil:
+        for i in range(n):
+            r = ((first_vpn + i) >> 9) - first
+            e = pagemap[i]
+            f = kpageflags[i]
+            if e & PRESENT:
+                if f & ZERO:
+                    out[r, 3] += 1
+                else:
+                    out[r, 0] += 1
+                    if kpagecount[i] > 1:
+                        out[r, 4] += 1
+                    if f & THP:
+                        out[r, 5] += 1
+            elif e & SWAP:
+                out[r, 1] += 1
+            else:
+                out[r, 2] += 1
+        # Whole aligned regions of one contiguous, aligned THP count as PMD-mapped.
+        for r in range(nreg):
+            k = (first + r) * 512 - first_vpn            # index of the region's first page
+            if k < 0 or k + 512 > n or out[r, 5] != 512:
+                continue
+            pmd = ((pagemap[k] & PFN) & 511) == 0
+            i = 1
+            while pmd and i < 512:
+                if (pagemap[k + i] & PFN) != (pagemap[k] & PFN) + <uint64_t>i:
+                    pmd = False
+                i += 1
+            if pmd:
+                out[r, 6] = 512
+                out[r, 5] = 0
+    return out_np

@@ -1071,3 +1071,24 @@ def features() -> dict[str, object]:
     except OSError:
         out["pidfd"] = False
     return out
+
+
+def region_stats(pid: int) -> list[dict]:
+    """Per anonymous VMA and 2 MiB region of a live process: present / swapped / none / zero /
+    shared / PTE-mapped THP / PMD-mapped page counts, from pagemap + kpageflags + kpagecount
+    (root), classified by the engine's scan_pagemap (the simulator uses the same function)."""
+    from ._engine import REGION_FIELDS, scan_pagemap
+    from .snapshot import capture
+    snap = capture(pid)
+    out, pos = [], 0
+    for start, end in zip(snap["vma_start"].tolist(), snap["vma_end"].tolist()):
+        n = (end - start) >> 12
+        sl = slice(pos, pos + n)
+        counts = scan_pagemap(snap["pagemap"][sl], snap["kpageflags"][sl],
+                              snap["kpagecount"][sl], start >> 12)
+        first = (start >> 21) << 21
+        out.append({"start": start, "end": end,
+                    "regions": first + (_np.arange(counts.shape[0], dtype=_np.int64) << 21),
+                    **{name: counts[:, i] for i, name in enumerate(REGION_FIELDS)}})
+        pos += n
+    return out

@@ -193,3 +193,54 @@ def pagemap(machine: "Machine", mm: MM, start: int, end: int) -> np.ndarray:
             o[swap] = PM_SWAP | (pfn[swap] << np.uint64(5))
             o[zero] = PM_PRESENT | np.uint64(zero_pfn)
     return out
+
+
+KPF_ANON, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_THP, KPF_ZERO_PAGE = 12, 15, 16, 22, 24
+
+
+def kpageflags(machine: "Machine", pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """/proc/kpageflags and /proc/kpagecount values the simulator's frames would show."""
+    zone = machine.page_alloc.zone
+    f = zone.frames()
+    pfns = np.asarray(pfns, dtype=np.int64)
+    flags = np.zeros(pfns.size, dtype=np.uint64)
+    count = np.zeros(pfns.size, dtype=np.uint64)
+    real = pfns < machine.nr_pages
+    zero = ~real
+    if machine.huge_zero_pfn is not None:
+        hz = (pfns >= machine.huge_zero_pfn) & (pfns < machine.huge_zero_pfn + 512)
+        zero |= hz
+        real &= ~hz
+    flags[zero] = np.uint64(1 << KPF_ZERO_PAGE)
+    p = pfns[real]
+    fl, order = f["flags"][p], f["order"][p]
+    head = (fl & 0x2) != 0
+    tail = (fl & 0x4) != 0
+    user = (fl & 0x8) != 0
+    thp_head = head & (order == 9)
+    v = np.where(user, np.uint64(1 << KPF_ANON), np.uint64(0))
+    v |= np.where(thp_head, np.uint64((1 << KPF_COMPOUND_HEAD) | (1 << KPF_THP)), np.uint64(0))
+    v |= np.where(tail & user, np.uint64((1 << KPF_COMPOUND_TAIL) | (1 << KPF_THP)), np.uint64(0))
+    flags[real] = v
+    count[real] = f["mapcount"][p].astype(np.uint64)
+    return flags, count
+
+
+def region_stats(machine: "Machine", mm: MM) -> list[dict]:
+    """Per VMA and per 2 MiB region: present / swapped / none / zero / shared / PTE-mapped THP /
+    PMD-mapped page counts, computed like the live pagemap scan (thpcore.live.region_stats)."""
+    from ._engine import REGION_FIELDS, scan_pagemap
+    out = []
+    for vma in mm.vmas:
+        pm = pagemap(machine, mm, vma.start, vma.end)
+        present = (pm >> np.uint64(63)) & np.uint64(1) == 1
+        flags = np.zeros(pm.size, dtype=np.uint64)
+        count = np.zeros(pm.size, dtype=np.uint64)
+        pf = (pm[present] & np.uint64((1 << 55) - 1)).astype(np.int64)
+        flags[present], count[present] = kpageflags(machine, pf)
+        counts = scan_pagemap(pm, flags, count, vma.start >> PAGE_SHIFT)
+        first = (vma.start >> 21) << 21
+        out.append({"start": vma.start, "end": vma.end,
+                    "regions": first + (np.arange(counts.shape[0], dtype=np.int64) << 21),
+                    **{name: counts[:, i] for i, name in enumerate(REGION_FIELDS)}})
+    return out
