@@ -80,6 +80,11 @@ def _knob(name: str) -> str:
 
 def capture(pid: int) -> dict[str, np.ndarray]:
     """Read a live process's anonymous VMAs and page states (needs root for pfns)."""
+    if os.geteuid() != 0:
+        raise PermissionError("reading page frame numbers from /proc/PID/pagemap and "
+                              "/proc/kpageflags needs root (CAP_SYS_ADMIN); run as root")
+    if not os.path.exists(f"/proc/{pid}"):
+        raise ProcessLookupError(3, f"No such process: {pid}")
     vmas = [v for v in parse_smaps(open(f"/proc/{pid}/smaps").read())
             if v["perms"][3] == "p" and v["inode"] == 0 and v["name"] in ("", "[heap]", "[stack]")
             and v["perms"][:3] != "---"]
