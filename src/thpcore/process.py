@@ -82,6 +82,7 @@ class Process:
         self.exit_reason: str | None = None
         self.fds: dict[int, "Process"] = {}
         self._next_fd = 3
+        self.priority = 0.0              # a scheduling weight policies may use (higher first)
 
     def __repr__(self) -> str:
         state = "" if self.alive else f", exited ({self.exit_reason})"
