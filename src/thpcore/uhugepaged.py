@@ -70,6 +70,8 @@ class Observation:
 class Action:
     pid: int
     addr: int
+    advice: int = MADV_COLLAPSE          # or MADV_PAGEOUT / MADV_COLD / MADV_WILLNEED
+    length: int = HP
 
 
 @dataclass
@@ -262,8 +264,8 @@ class SimHost:
             fd = self.fds[action.pid] = self.agent.pidfd_open(action.pid)
         before = self.m.cpu_ns.get(self.agent.pid, 0)
         try:
-            done = self.agent.process_madvise(fd, [(action.addr, HP)], MADV_COLLAPSE)
-            ok, err = done == HP, 0
+            done = self.agent.process_madvise(fd, [(action.addr, action.length)], action.advice)
+            ok, err = done == action.length, 0
         except OSError as e:
             ok, err = False, e.errno or 0
         return ActionResult(action, ok, err, self.m.cpu_ns.get(self.agent.pid, 0) - before)
@@ -315,21 +317,26 @@ class LiveHost:
         t = {k: int(open(f"/sys/kernel/mm/transparent_hugepage/khugepaged/{k}").read())
              for k in ("max_ptes_none", "max_ptes_swap", "max_ptes_shared")}
         vm = self.live.vmstat()
-        return Observation(time.monotonic_ns(), procs, 0, vm.get("compact_stall", 0), t)
+        from .procfs import parse_buddyinfo
+        buddy = parse_buddyinfo(open("/proc/buddyinfo").read())
+        free_2m = sum((n[9] if len(n) > 9 else 0) + 2 * (n[10] if len(n) > 10 else 0)
+                      for n in buddy.values())
+        return Observation(time.monotonic_ns(), procs, free_2m, vm.get("compact_stall", 0), t)
 
     def collapse(self, action: Action) -> ActionResult:
         if not self.apply:
-            self.log.append(f"would collapse pid {action.pid} {action.addr:#x}")
+            verb = "collapse" if action.advice == MADV_COLLAPSE else f"advise {action.advice}"
+            self.log.append(f"would {verb} pid {action.pid} {action.addr:#x}+{action.length:#x}")
             return ActionResult(action, False, 0, 0)
         import os
         t0 = time.perf_counter_ns()
         try:
             fd = self.live.pidfd_open(action.pid)
             try:
-                done = self.live.process_madvise(fd, [(action.addr, HP)], MADV_COLLAPSE)
+                done = self.live.process_madvise(fd, [(action.addr, action.length)], action.advice)
             finally:
                 os.close(fd)
-            ok, err = done == HP, 0
+            ok, err = done == action.length, 0
         except OSError as e:
             ok, err = False, e.errno or 0
         return ActionResult(action, ok, err, time.perf_counter_ns() - t0)
