@@ -1437,6 +1437,38 @@ cdef class PageTables:
                 break
         return done
 
+    def table_stats(self, int64_t[::1] tids, bint clear_young=False):
+        """Per PTE table: present, swapped, none-or-zero, shared (mapcount > 1) and young PTEs,
+        as an int32 array [len(tids), 5] (tids < 0 give zeros). clear_young clears the accessed
+        bits it counted (idle-page-tracking style sampling)."""
+        cdef int64_t n = tids.shape[0], k, i, base
+        for k in range(n):
+            if tids[k] >= 0:
+                self._check_tid(tids[k])
+        out_np = np.zeros((n, 5), dtype=np.int32)
+        cdef int32_t[:, ::1] out = out_np
+        cdef uint32_t pte
+        with nogil:
+            for k in range(n):
+                if tids[k] < 0:
+                    continue
+                base = tids[k] * PTRS_PER_PTE
+                for i in range(PTRS_PER_PTE):
+                    pte = self.ptes[base + i]
+                    if pte & PTE_PRESENT:
+                        out[k, 0] += 1
+                        if self.zone.mapcount[pte >> PTE_PFN_SHIFT] > 1:
+                            out[k, 3] += 1
+                        if pte & PTE_YOUNG:
+                            out[k, 4] += 1
+                            if clear_young:
+                                self.ptes[base + i] = pte & ~(<uint32_t>PTE_YOUNG)
+                    elif (pte & 0xF) == PTE_KIND_SWAP:
+                        out[k, 1] += 1
+                    else:
+                        out[k, 2] += 1
+        return out_np
+
     def collapse_copy(self, int64_t tid, uint32_t head):
         """__collapse_huge_page_copy(): copy every subpage into the new THP at head (none and
         zero-page PTEs give zero subpages), release the old pages and clear the table, which

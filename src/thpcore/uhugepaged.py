@@ -207,9 +207,7 @@ class SimHost:
 
     def __init__(self, machine, priorities: dict[int, float] | None = None, pids=None,
                  workload=None):
-        from .task_mmu import region_stats
         self.workload = workload          # called with the seconds that pass, to touch memory
-        self._region_stats = region_stats
         self.m = machine
         self.priorities = priorities or {}
         self.pids = set(pids) if pids else None
@@ -221,37 +219,37 @@ class SimHost:
                 and (self.pids is None or p.pid in self.pids)]
 
     def observe(self) -> Observation:
-        from .mm import PMD_YOUNG, pmd_kind, pmd_table_id
+        """Per-region state straight from the page tables (one engine call per process); the
+        accessed bits are sampled and cleared, like idle page tracking."""
+        from .mm import PMD_KIND_HUGE, PMD_KIND_TABLE, PMD_YOUNG
         m = self.m
         procs = []
         for p in self._targets():
+            entries = list(p.mm.populated_pmds())
+            if entries:
+                addrs = np.array([r for r, _ in entries], dtype=np.int64)
+                ents = np.array([e for _, e in entries], dtype=np.uint64)
+            else:
+                addrs, ents = np.zeros(0, np.int64), np.zeros(0, np.uint64)
+            kinds = (ents & np.uint64(3)).astype(np.int64)
+            tids = np.where(kinds == PMD_KIND_TABLE, (ents >> np.uint64(32)).astype(np.int64), -1)
+            stats = m.page_tables.table_stats(tids, True)
             regions = []
-            for v in self._region_stats(m, p.mm):
-                for i, addr in enumerate(v["regions"].tolist()):
-                    regions.append(Region(p.pid, addr, int(v["present"][i]), int(v["none"][i]) +
-                                          int(v["zero"][i]), int(v["swapped"][i]),
-                                          int(v["shared"][i]), bool(v["pmd_mapped"][i])))
-            # Accessed bits in the window since the last look, then cleared.
-            by_addr = {}
-            for r in regions:
-                by_addr.setdefault(r.addr, r)
-            for region, entry in list(p.mm.populated_pmds()):
-                r = by_addr.get(region)
-                if r is None:
-                    continue
-                if pmd_kind(entry) == 1:
-                    t = m.page_tables.table(pmd_table_id(entry))
-                    young = (t & 3) == 3
-                    r.accessed = int(young.sum())
-                    t[young] &= np.uint32(0xFFFFFFFD)
-                elif entry & PMD_YOUNG and pmd_kind(entry) == 2:
-                    r.accessed = 512
-                    p.mm.set_pmd(region, entry & ~PMD_YOUNG)
-            # Regions shared by two VMAs appear twice: keep one record per address.
-            regions = list({(r.addr): r for r in regions}.values())
-            rr = p.smaps_rollup()
-            procs.append(ProcInfo(p.pid, p.name, self.priorities.get(p.pid, getattr(p, "priority", 0.0)),
-                                  p.memcg.path, rr["Rss"], rr["AnonHugePages"], regions))
+            for k in range(addrs.size):
+                if kinds[k] == PMD_KIND_TABLE:
+                    st = stats[k]
+                    regions.append(Region(p.pid, int(addrs[k]), int(st[0]), int(st[2]),
+                                          int(st[1]), int(st[3]), False, int(st[4])))
+                elif kinds[k] == PMD_KIND_HUGE:
+                    e = int(ents[k])
+                    young = bool(e & PMD_YOUNG)
+                    if young:
+                        p.mm.set_pmd(int(addrs[k]), e & ~PMD_YOUNG)
+                    regions.append(Region(p.pid, int(addrs[k]), 512, 0, 0, 0, True,
+                                          512 if young else 0))
+            procs.append(ProcInfo(p.pid, p.name, self.priorities.get(p.pid, p.priority),
+                                  p.memcg.path, p.mm.anon_rss * 4,
+                                  sum(512 for r in regions if r.pmd_mapped) * 4, regions))
         t = m.thp.khugepaged
         return Observation(m.clock_ns, procs, m.page_alloc.free_blocks_at_least(9),
                            m.vmstat["compact_stall"],
