@@ -3,35 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
 
 from . import __version__
-from .scenario import format_table, load_scenario, run_scenario
-
-SHOWN = ["pattern", "unmovable_MiB", "free_MiB", "free_2M_blocks", "pageblocks_unmovable",
-         "pageblocks_polluted", "fallbacks", "extfrag_index_9"]
+from .scenario import Progress, format_table, load_scenario, run_scenario
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .report import new_results_dir, write_results
     scenario = load_scenario(args.scenario)
     t0 = time.perf_counter()
-    rows = run_scenario(scenario)
+    results = run_scenario(scenario, progress=None if args.quiet else Progress())
     wall = time.perf_counter() - t0
-    mem = scenario.machine.get("memory", "4G")
-    print(f"scenario {scenario.name}: {mem} machine, seed {scenario.machine.get('seed', 0)}, "
-          f"{len(rows)} variant(s), {wall:.2f} s wall")
-    print(format_table(rows, SHOWN), end="")
-    if args.output:
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "results.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        print(f"results written to {out / 'results.csv'}")
+    m = scenario.machine
+    print(f"scenario {scenario.name}: {m.get('memory', '4G')} machine, seed {m.get('seed', 0)}, "
+          f"{scenario.run['duration']} s simulated, {len(results)} variant(s), {wall:.1f} s wall")
+    print(format_table([r.summary for r in results], scenario.run["metrics"]), end="")
+    out = Path(args.output) if args.output else new_results_dir(scenario.name)
+    written = write_results(results, out, plots=not args.no_plots)
+    print(f"results in {out}/: " + ", ".join(p.name for p in written))
     return 0
 
 
@@ -51,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a scenario (the embedded default when none is given)")
     run.add_argument("scenario", nargs="?", help="scenario TOML file")
-    run.add_argument("-o", "--output", help="directory for results.csv")
+    run.add_argument("-o", "--output", help="directory for the results (default: a new folder "
+                     "under ./thpcore-results/)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--no-plots", action="store_true", help="tables only")
     run.set_defaults(func=cmd_run)
     cal = sub.add_parser("calibrate", help="measure the cost model on this host (no sysfs changes)")
     cal.add_argument("-o", "--output", help="write the cost profile (JSON) here; "

@@ -73,18 +73,22 @@ class Accounting:
         if kind is not None:
             self._samples[kind].append((ns, count))
 
-    def latency(self, kind: str) -> dict[str, float]:
-        """count, mean, p50, p99 and p99.9 in ns (weighted nearest-rank percentiles)."""
+    def distribution(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted latencies (ns) of `kind` and the cumulative count up to each: the CDF."""
         if kind not in self._samples:
             raise ValueError(f"latency kind must be one of {self.KINDS}")
         samples = self._samples[kind]
-        if not samples:
-            return {"count": 0, "mean": 0.0, "p50": 0.0, "p99": 0.0, "p99.9": 0.0}
         values = np.array([v for v, _ in samples], dtype=np.float64)
         counts = np.array([c for _, c in samples], dtype=np.int64)
         order = np.argsort(values, kind="stable")
-        values, counts = values[order], counts[order]
-        cum = np.cumsum(counts)
+        return values[order], np.cumsum(counts[order])
+
+    def latency(self, kind: str) -> dict[str, float]:
+        """count, mean, p50, p99 and p99.9 in ns (weighted nearest-rank percentiles)."""
+        values, cum = self.distribution(kind)
+        if not values.size:
+            return {"count": 0, "mean": 0.0, "p50": 0.0, "p99": 0.0, "p99.9": 0.0}
+        counts = np.diff(cum, prepend=0)
         total = int(cum[-1])
 
         def pct(q: float) -> float:

@@ -1,12 +1,17 @@
-"""Scenario files (TOML) and their runner.
+"""Scenario files (TOML) and the runner behind `thpcore run`.
 
-A scenario names a machine and a workload; `run_scenario` runs it once per variant and returns
-one row of metrics per variant. The schema grows with the simulator; unknown keys are errors,
-so a typo never silently runs a different experiment.
+A scenario describes a machine (size, swap, seed, sysfs/sysctl settings, cgroups, unmovable
+fragmentation), its processes (workload kind and parameters, priority, cgroup, count) and a run
+(duration, sampling interval, variants). A variant is the scenario's own settings ("khugepaged"),
+or a [variant.NAME] table that changes khugepaged knobs, sysfs, hugepage advice, or hands the
+decisions to a uhugepaged policy with a collapse budget. Every variant starts from the same
+seed. Unknown keys are errors, so a typo never silently runs a different experiment.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -17,46 +22,37 @@ import numpy as np
 
 from . import _engine
 from .machine import Machine
-from .page_alloc import MIGRATE_MOVABLE, MIGRATE_RECLAIMABLE, MIGRATE_UNMOVABLE, fragmentation_index
+from .workloads import KINDS, fragment, make
 
-PATTERNS = ("scattered", "packed", "none")
+TOP_KEYS = {"scenario", "machine", "sysfs", "sysctl", "cgroup", "fragment", "process", "run",
+            "variant"}
+PROCESS_KEYS = {"name", "count", "priority", "cgroup", "workload", "size", "populate",
+                "hugepage", "params"}
+VARIANT_KEYS = {"khugepaged", "sysfs", "policy", "budget", "hugepage"}
 
-
-@dataclass
-class Fragmenter:
-    """A long-running host in miniature: movable memory (page cache, anon) fills the machine,
-    reclaim frees a random part of it, the kernel's slab grows into the holes, and again."""
-    fill: float = 1.0               # movable fill target, as a fraction of memory; 1.0 fills
-                                    # until the allocator stops at the min watermark
-    churn: float = 0.1              # fraction of movable pages reclaimed in each cycle
-    cycles: int = 8
-    unmovable_fraction: float = 0.01    # unmovable memory at the end, as a fraction of memory
-    unmovable_order: int = 0
-    patterns: list[str] = field(default_factory=lambda: list(PATTERNS))
-
-    def __post_init__(self):
-        if not 0 < self.fill <= 1:
-            raise ValueError("fragmenter.fill must be in (0, 1]")
-        if not 0 <= self.churn <= 1:
-            raise ValueError("fragmenter.churn must be in [0, 1]")
-        if not 1 <= self.cycles <= 10000:
-            raise ValueError("fragmenter.cycles must be in 1..10000")
-        if not 0 <= self.unmovable_fraction < 0.5:
-            raise ValueError("fragmenter.unmovable_fraction must be in [0, 0.5)")
-        if not 0 <= self.unmovable_order <= 10:
-            raise ValueError("fragmenter.unmovable_order must be in 0..10")
-        bad = [p for p in self.patterns if p not in PATTERNS]
-        if bad or not self.patterns:
-            raise ValueError(f"fragmenter.patterns must be drawn from {PATTERNS}, got {bad}")
+# The results table: the same columns for every variant (and every sweep row).
+SUMMARY_COLUMNS = [
+    "variant", "seed", "top_process", "top_thp_pct", "top_thp90_s", "thp_GiB", "thp_pct",
+    "bloat_MiB", "cpu_khugepaged_ms", "cpu_uhugepaged_ms", "cpu_kcompactd_ms", "fault_p50_us",
+    "fault_p99_us", "fault_p999_us", "collapse_p50_us", "collapse_p99_us", "compact_stall",
+    "free_2M_blocks", "tlb_walks_per_1k", "state_hash"]
+# What `thpcore run` prints unless [run] metrics says otherwise.
+DEFAULT_METRICS = ["variant", "top_thp_pct", "top_thp90_s", "thp_pct", "bloat_MiB",
+                   "cpu_khugepaged_ms", "cpu_uhugepaged_ms", "collapse_p99_us", "compact_stall",
+                   "free_2M_blocks", "tlb_walks_per_1k"]
 
 
 @dataclass
 class Scenario:
     name: str
     machine: dict[str, Any]
-    fragmenter: Fragmenter
-    sysfs: dict[str, str] = field(default_factory=dict)
+    processes: list[dict[str, Any]]
+    run: dict[str, Any]
+    sysfs: dict[str, Any] = field(default_factory=dict)
     sysctl: dict[str, int] = field(default_factory=dict)
+    cgroups: list[dict[str, Any]] = field(default_factory=list)
+    fragment: dict[str, Any] | None = None
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _check_keys(table: dict, allowed: set[str], where: str) -> None:
@@ -67,16 +63,40 @@ def _check_keys(table: dict, allowed: set[str], where: str) -> None:
 
 def parse_scenario(text: str) -> Scenario:
     doc = tomllib.loads(text)
-    _check_keys(doc, {"scenario", "machine", "fragmenter", "sysfs", "sysctl"}, "top level")
+    _check_keys(doc, TOP_KEYS, "top level")
     meta = doc.get("scenario", {})
     _check_keys(meta, {"name", "description"}, "scenario")
     machine = doc.get("machine", {})
-    _check_keys(machine, {"memory", "swap", "seed", "kernel", "transparent_hugepage"}, "machine")
-    frag = doc.get("fragmenter", {})
-    _check_keys(frag, set(Fragmenter.__dataclass_fields__), "fragmenter")
-    return Scenario(name=meta.get("name", "unnamed"), machine=machine,
-                    fragmenter=Fragmenter(**frag), sysfs=doc.get("sysfs", {}),
-                    sysctl=doc.get("sysctl", {}))
+    _check_keys(machine, {"memory", "swap", "seed", "kernel", "transparent_hugepage",
+                          "swap_device"}, "machine")
+    procs = doc.get("process", [])
+    if not procs:
+        raise ValueError("a scenario needs at least one [[process]]")
+    for p in procs:
+        _check_keys(p, PROCESS_KEYS, "process")
+        if p.get("workload", "zipf") not in KINDS:
+            raise ValueError(f"process {p.get('name')!r}: workload must be one of {sorted(KINDS)}")
+    run = {"duration": 600, "interval": 10, "variants": ["khugepaged"], "metrics": DEFAULT_METRICS,
+           **doc.get("run", {})}
+    _check_keys(run, {"duration", "interval", "variants", "metrics"}, "run")
+    bad = set(run["metrics"]) - set(SUMMARY_COLUMNS)
+    if bad:
+        raise ValueError(f"[run] metrics: unknown {sorted(bad)}; known: {SUMMARY_COLUMNS}")
+    if not 0 < run["interval"] <= run["duration"]:
+        raise ValueError("[run] needs 0 < interval <= duration")
+    variants = doc.get("variant", {})
+    for name, v in variants.items():
+        _check_keys(v, VARIANT_KEYS, f"variant.{name}")
+    for name in run["variants"]:
+        if name != "khugepaged" and name not in variants:
+            raise ValueError(f"variant {name!r} has no [variant.{name}] table")
+    frag = doc.get("fragment")
+    if frag is not None:
+        _check_keys(frag, {"fraction", "pattern"}, "fragment")
+    for c in doc.get("cgroup", []):
+        _check_keys(c, {"path", "max", "high"}, "cgroup")
+    return Scenario(meta.get("name", "unnamed"), machine, procs, run, doc.get("sysfs", {}),
+                    doc.get("sysctl", {}), doc.get("cgroup", []), frag, variants)
 
 
 def default_scenario_text() -> str:
@@ -89,69 +109,172 @@ def load_scenario(path: str | Path | None = None) -> Scenario:
     return parse_scenario(Path(path).read_text())
 
 
-def build_machine(scenario: Scenario) -> Machine:
-    m = Machine(**scenario.machine)
-    for path, value in scenario.sysfs.items():
-        m.sysfs.write(path, str(value))
-    for name, value in scenario.sysctl.items():
-        m.sysctl.set(name, value)
-    return m
+class Run:
+    """One variant of a scenario on its own machine."""
+
+    def __init__(self, sc: Scenario, variant: str, seed: int | None = None):
+        self.sc, self.variant = sc, variant
+        v = sc.variants.get(variant, {}) if variant != "khugepaged" else {}
+        machine = dict(sc.machine)
+        if seed is not None:
+            machine["seed"] = seed
+        self.m = m = Machine(**machine)
+        for path, value in {**sc.sysfs, **v.get("sysfs", {})}.items():
+            m.sysfs.write(path, str(value))
+        for name, value in sc.sysctl.items():
+            m.sysctl.set(name, value)
+        for k, value in v.get("khugepaged", {}).items():
+            setattr(m.thp.khugepaged, k, value)
+        for c in sc.cgroups:
+            m.cgroups.create(c["path"])
+            for key in ("max", "high"):
+                if key in c:
+                    m.sysfs.write(f"/sys/fs/cgroup/{c['path']}/memory.{key}", str(c[key]))
+        if sc.fragment:
+            fragment(m, sc.fragment.get("fraction", 0.0), sc.fragment.get("pattern", "scattered"))
+        self.workloads = []
+        for spec in sc.processes:
+            for k in range(int(spec.get("count", 1))):
+                name = spec.get("name", "task") + (f"{k}" if spec.get("count", 1) > 1 else "")
+                p = m.spawn(name=name, cgroup=spec.get("cgroup", ""))
+                p.priority = float(spec.get("priority", 0))
+                hugepage = v.get("hugepage", spec.get("hugepage", False))
+                w = make(spec.get("workload", "zipf"), m, p, size=spec.get("size", "64M"),
+                         populate=spec.get("populate", 1.0), hugepage=hugepage,
+                         **spec.get("params", {}))
+                w.setup()
+                self.workloads.append(w)
+        self.start_rss = {w.p.pid: w.p.mm.anon_rss for w in self.workloads}
+        self.host = None
+        if "policy" in v:
+            from .uhugepaged import SimHost, load_policy
+            self.host = SimHost(m, pids=[w.p.pid for w in self.workloads])
+            self.policy = load_policy(v["policy"])
+            self.budget = float(v.get("budget", 8))
+
+    def step(self, seconds: float) -> None:
+        for w in self.workloads:
+            if w.p.alive:
+                w.tick(seconds)
+        if self.host is not None:
+            from .uhugepaged import run as run_policy
+            run_policy(self.host, self.policy, seconds, self.budget, interval_s=seconds)
+        else:
+            self.m.run(seconds=seconds)
+
+    def sample_free_area(self) -> dict[str, Any]:
+        """Free pages by buddy order (all migratetypes) at this instant."""
+        area = self.m.page_alloc.free_area().sum(axis=0)
+        row = {"variant": self.variant, "time_s": round(self.m.clock_ns / 1e9, 3)}
+        row.update({f"order{o}_MiB": int(n) * (1 << o) // 256 for o, n in enumerate(area)})
+        return row
+
+    def sample(self) -> list[dict[str, Any]]:
+        m = self.m
+        t = m.clock_ns / 1e9
+        free2m = m.page_alloc.free_blocks_at_least(9)
+        rows = []
+        for w in self.workloads:
+            if not w.p.alive:
+                continue
+            rss, huge = w.p.mm.anon_rss, 512 * sum(1 for _, e in w.p.mm.populated_pmds()
+                                                   if e & 3 == 2)
+            rows.append({"variant": self.variant, "time_s": round(t, 3), "process": w.p.name,
+                         "rss_MiB": rss // 256, "anon_huge_MiB": huge // 256,
+                         "thp_pct": round(100 * huge / max(rss, 1), 2),
+                         "free_2M_blocks": free2m})
+        return rows
+
+    def summary(self) -> dict[str, Any]:
+        m = self.m
+        cpu = m.cpu_ns
+        agent = self.host.agent.pid if self.host is not None else None
+        lat_f, lat_c = m.latency("fault"), m.latency("collapse")
+        prio = max(self.workloads, key=lambda w: w.p.priority)
+        rss = sum(w.p.mm.anon_rss for w in self.workloads if w.p.alive)
+        huge = sum(512 * sum(1 for _, e in w.p.mm.populated_pmds() if e & 3 == 2)
+                   for w in self.workloads if w.p.alive)
+        from .mm import PMD_KIND_HUGE, pmd_kind
+        w = prio
+        vpns = w.access_stream(200_000)
+        huge_regions = np.array([pmd_kind(w.p.mm.get_pmd(w.addr + i * (2 << 20))) == PMD_KIND_HUGE
+                                 for i in range(w.regions)], dtype=np.uint8)
+        _, _, walks = _engine.tlb_simulate(vpns, huge_regions, w.addr >> 21)
+        prio_rss, prio_huge = w.p.mm.anon_rss, 512 * int(huge_regions.sum())
+        return {
+            "variant": self.variant, "seed": m.seed,
+            "top_process": w.p.name,
+            "top_thp_pct": round(100 * prio_huge / max(prio_rss, 1), 2),
+            "thp_GiB": round(huge * 4096 / (1 << 30), 2),
+            "thp_pct": round(100 * huge / max(rss, 1), 2),
+            "bloat_MiB": (rss - sum(self.start_rss.values())) // 256,
+            "cpu_khugepaged_ms": round(cpu.get("khugepaged", 0) / 1e6, 1),
+            "cpu_uhugepaged_ms": round(cpu.get(agent, 0) / 1e6, 1) if agent else 0.0,
+            "cpu_kcompactd_ms": round(cpu.get("kcompactd", 0) / 1e6, 1),
+            "fault_p50_us": round(lat_f["p50"] / 1e3, 2), "fault_p99_us": round(lat_f["p99"] / 1e3, 2),
+            "fault_p999_us": round(lat_f["p99.9"] / 1e3, 2),
+            "collapse_p50_us": round(lat_c["p50"] / 1e3, 1),
+            "collapse_p99_us": round(lat_c["p99"] / 1e3, 1),
+            "compact_stall": m.vmstat["compact_stall"],
+            "free_2M_blocks": m.page_alloc.free_blocks_at_least(9),
+            "tlb_walks_per_1k": round(1000 * walks / vpns.size, 1),
+            "state_hash": m.state_hash(),
+        }
 
 
-def run_fragmenter(m: Machine, frag: Fragmenter, pattern: str) -> dict[str, Any]:
-    """Run the fill/reclaim/slab-growth cycles, free the movable memory, and measure what is
-    left for THP. 'packed' allocates all unmovable memory before the first cycle, 'scattered'
-    spreads it over the cycles, 'none' has none."""
-    u_order = frag.unmovable_order
-    n_unmovable = 0 if pattern == "none" else int(m.nr_pages * frag.unmovable_fraction) >> u_order
-    target = int(m.nr_pages * frag.fill)
-    unmovable: list[np.ndarray] = []
-    movable = np.empty(0, np.uint32)
-    if pattern == "packed":
-        unmovable.append(m.kernel_alloc_bulk(u_order, "unmovable", n_unmovable))
-    for cycle in range(frag.cycles):
-        in_use = m.nr_pages - int(m.page_alloc.zone.nr_free_pages)
-        got = m.kernel_alloc_bulk(0, "movable", max(0, target - in_use))
-        movable = np.concatenate([movable, got])
-        reclaim = m.rng.random(movable.size) < frag.churn
-        m.kernel_free_bulk(movable[reclaim], 0)
-        movable = movable[~reclaim]
-        if pattern == "scattered":
-            share = n_unmovable * (cycle + 1) // frag.cycles - n_unmovable * cycle // frag.cycles
-            unmovable.append(m.kernel_alloc_bulk(u_order, "unmovable", share))
-    m.kernel_free_bulk(m.rng.permutation(movable), 0)
-    m.check()
-    unm = np.concatenate(unmovable) if unmovable else np.empty(0, np.uint32)
-
-    zone = m.page_alloc.zone
-    frames = zone.frames()
-    pinned = (frames["flags"] & _engine.PY_PG_KERNEL) != 0
-    pinned &= (frames["flags"] & _engine.PY_PG_MOVABLE_OPS) == 0
-    polluted = int(pinned.reshape(-1, 512).any(axis=1).sum())
-    blocks = zone.pageblock_counts()
-    area = zone.free_area()
-    return {
-        "pattern": pattern,
-        "unmovable_MiB": round(len(unm) * (4 << u_order) / 1024, 1),
-        "free_MiB": round(int(zone.nr_free_pages) * 4 / 1024, 1),
-        "free_2M_blocks": m.page_alloc.free_blocks_at_least(9),
-        "pageblocks_unmovable": int(blocks[MIGRATE_UNMOVABLE]),
-        "pageblocks_reclaimable": int(blocks[MIGRATE_RECLAIMABLE]),
-        "pageblocks_movable": int(blocks[MIGRATE_MOVABLE]),
-        "pageblocks_polluted": polluted,
-        "fallbacks": int(zone.alloc_fallbacks),
-        "extfrag_index_9": fragmentation_index(area, 9),
-    }
+@dataclass
+class Result:
+    """Everything one variant produced: the summary row, the per-process timeline, free memory
+    by order over time, and the latency CDFs (kind -> (sorted ns, cumulative count))."""
+    summary: dict[str, Any]
+    timeline: list[dict[str, Any]]
+    free_area: list[dict[str, Any]]
+    cdfs: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def run_scenario(scenario: Scenario) -> list[dict[str, Any]]:
-    rows = []
-    for pattern in scenario.fragmenter.patterns:
-        m = build_machine(scenario)
-        row = run_fragmenter(m, scenario.fragmenter, pattern)
-        row["state_hash"] = m.state_hash()
-        rows.append(row)
-    return rows
+def run_variant(sc: Scenario, variant: str, seed: int | None = None, progress=None) -> Result:
+    r = Run(sc, variant, seed)
+    timeline, free_area = r.sample(), [r.sample_free_area()]
+    steps = int(sc.run["duration"] // sc.run["interval"])
+    for i in range(steps):
+        r.step(float(sc.run["interval"]))
+        timeline += r.sample()
+        free_area.append(r.sample_free_area())
+        if progress:
+            progress(variant, i + 1, steps)
+    r.m.check()
+    summary = r.summary()
+    top = summary["top_process"]
+    reached = [row["time_s"] for row in timeline if row["process"] == top and row["thp_pct"] >= 90]
+    summary["top_thp90_s"] = reached[0] if reached else ""
+    summary = {c: summary[c] for c in SUMMARY_COLUMNS}
+    cdfs = {k: r.m.accounting.distribution(k) for k in ("fault", "collapse")}
+    return Result(summary, timeline, free_area, cdfs)
+
+
+class Progress:
+    """A one-line progress bar on stderr once a run has taken more than a couple of seconds."""
+
+    def __init__(self, stream=sys.stderr, after_s: float = 2.0):
+        self.stream, self.after_s, self.t0 = stream, after_s, time.perf_counter()
+
+    def __call__(self, variant, done, total):
+        if time.perf_counter() - self.t0 < self.after_s:
+            return
+        if not self.stream.isatty():           # a log file gets one line per finished variant
+            if done == total:
+                self.stream.write(f"{variant}: {total} steps done\n")
+            return
+        width = 30
+        fill = width * done // max(total, 1)
+        self.stream.write(f"\r{variant:<24} [{'#' * fill}{'.' * (width - fill)}] {done}/{total}")
+        if done == total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def run_scenario(sc: Scenario, progress=None) -> list[Result]:
+    return [run_variant(sc, v, progress=progress) for v in sc.run["variants"]]
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:

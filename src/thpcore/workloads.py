@@ -1,0 +1,221 @@
+"""Workload generators: each sets up a process's memory, acts on it as time passes, and yields
+an access stream for the TLB model. Kinds: sequential, random (GUPS-like), zipf (hot/cold),
+churn (allocator: free with MADV_DONTNEED, reuse, MADV_COLLAPSE as tcmalloc/jemalloc do), redis
+(insert/delete churn plus a forked snapshot writing under COW), services (many small tasks).
+The fragmenter (unmovable kernel allocations, scattered or packed) lives in fragment()."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .constants import MADV_COLLAPSE, MADV_DONTNEED, MADV_HUGEPAGE
+from .units import parse_size
+
+HP = 2 << 20
+PAGE = 4096
+
+
+class Workload:
+    kind = "workload"
+
+    def __init__(self, m, proc, size="64M", populate=1.0, hugepage=False, **params):
+        self.m, self.p = m, proc
+        self.size = parse_size(size) // HP * HP
+        if self.size <= 0:
+            raise ValueError(f"{self.kind}: size must be at least 2M")
+        if not 0 < populate <= 1:
+            raise ValueError(f"{self.kind}: populate must be in (0, 1]")
+        self.populate = populate
+        if hugepage not in (True, False, "after"):
+            raise ValueError(f"{self.kind}: hugepage must be true, false or \"after\"")
+        self.hugepage = hugepage
+        unknown = set(params) - set(self.PARAMS)
+        if unknown:
+            raise ValueError(f"{self.kind}: unknown parameters {sorted(unknown)}")
+        self.params = {**self.PARAMS, **params}
+        self.rng = np.random.default_rng(m.seed * 1000003 + proc.pid)
+        self.addr = 0
+
+    PARAMS: dict = {}
+
+    @property
+    def regions(self) -> int:
+        return self.size // HP
+
+    def setup(self) -> None:
+        self.addr = self.p.mmap(self.size)
+        if self.hugepage is True:
+            self.p.madvise(self.addr, self.size, MADV_HUGEPAGE)
+        pages = int(512 * self.populate)
+        if pages == 512:
+            self.p.write(self.addr, self.size)
+        else:
+            for i in range(self.regions):
+                self.p.write(self.addr + i * HP, pages * PAGE)
+        if self.hugepage == "after":
+            # Advised once the heap is built (a JVM or allocator growing first): the memory is
+            # small pages until khugepaged or a MADV_COLLAPSE gets to it.
+            self.p.madvise(self.addr, self.size, MADV_HUGEPAGE)
+
+    def tick(self, seconds: float) -> None:
+        pass
+
+    def access_stream(self, n: int) -> np.ndarray:
+        """Virtual page numbers of n accesses (uniform over the populated pages by default)."""
+        pages = int(512 * self.populate)
+        idx = self.rng.integers(0, pages, n) + self.rng.integers(0, self.regions, n) * 512
+        return (self.addr >> 12) + idx.astype(np.int64)
+
+
+class Sequential(Workload):
+    kind = "sequential"
+
+    def tick(self, seconds):
+        self.p.read(self.addr, self.size)
+
+    def access_stream(self, n):
+        pages = self.size // PAGE
+        return (self.addr >> 12) + (np.arange(n, dtype=np.int64) % pages)
+
+
+class Random(Workload):
+    """GUPS-like: random updates all over the table."""
+    kind = "random"
+    PARAMS = {"updates_per_tick": 4096}
+
+    def tick(self, seconds):
+        k = self.params["updates_per_tick"]
+        regions = self.rng.integers(0, self.regions, max(1, k // 512))
+        for r in np.unique(regions):
+            self.p.write(self.addr + int(r) * HP, int(512 * self.populate) * PAGE)
+
+
+class Zipf(Workload):
+    """Hot/cold: regions are read with Zipf popularity; the hot ones are touched every tick."""
+    kind = "zipf"
+    PARAMS = {"alpha": 1.2, "hot_regions_per_tick": 64}
+
+    def _popular(self, n):
+        ranks = self.rng.zipf(self.params["alpha"], n)
+        return (ranks - 1) % self.regions
+
+    def tick(self, seconds):
+        for r in np.unique(self._popular(self.params["hot_regions_per_tick"])):
+            self.p.read(self.addr + int(r) * HP, int(512 * self.populate) * PAGE)
+
+    def access_stream(self, n):
+        pages = int(512 * self.populate)
+        idx = self._popular(n) * 512 + self.rng.integers(0, pages, n)
+        return (self.addr >> 12) + idx.astype(np.int64)
+
+
+class Churn(Workload):
+    """An allocator: frees random spans with MADV_DONTNEED, reuses them, and every few ticks
+    collapses its fully populated regions with MADV_COLLAPSE (tcmalloc/jemalloc style)."""
+    kind = "churn"
+    PARAMS = {"free_fraction": 0.05, "span": "256K", "collapse_every": 5}
+
+    def setup(self):
+        super().setup()
+        self.ticks = 0
+
+    def tick(self, seconds):
+        span = parse_size(self.params["span"])
+        n = max(1, int(self.size / span * self.params["free_fraction"]))
+        starts = self.rng.integers(0, self.size // span, n) * span
+        for s in np.unique(starts):
+            self.p.madvise(self.addr + int(s), span, MADV_DONTNEED)
+        for s in np.unique(starts):
+            self.p.write(self.addr + int(s), span)
+        self.ticks += 1
+        if self.params["collapse_every"] and self.ticks % self.params["collapse_every"] == 0:
+            try:
+                self.p.madvise(self.addr, self.size, MADV_COLLAPSE)
+            except OSError:
+                pass                       # EAGAIN/ENOMEM: an allocator just tries later
+
+
+class Redis(Workload):
+    """Insert/delete churn; every `snapshot_every` seconds a forked child writes a snapshot for
+    `snapshot_seconds` while the parent keeps writing (copy-on-write, PMD splits)."""
+    kind = "redis"
+    PARAMS = {"writes_per_tick": 2048, "snapshot_every": 300, "snapshot_seconds": 20}
+
+    def setup(self):
+        super().setup()
+        self.elapsed = 0.0
+        self.child = None
+        self.child_until = 0.0
+
+    def tick(self, seconds):
+        self.elapsed += seconds
+        k = self.params["writes_per_tick"]
+        for r in np.unique(self.rng.integers(0, self.regions, max(1, k // 64))):
+            off = int(self.rng.integers(0, 512 - 64)) * PAGE
+            self.p.write(self.addr + int(r) * HP + off, 64 * PAGE)
+        if self.child is not None and self.elapsed >= self.child_until:
+            if self.child.alive:
+                self.child.exit()
+            self.child = None
+        if self.child is None and self.params["snapshot_every"] and \
+                int(self.elapsed) % int(self.params["snapshot_every"]) < seconds:
+            self.child = self.p.fork()
+            self.child.name = f"{self.p.name}-bgsave"
+            self.child_until = self.elapsed + self.params["snapshot_seconds"]
+
+
+KINDS = {c.kind: c for c in (Sequential, Random, Zipf, Churn, Redis)}
+
+
+def make(kind: str, m, proc, **params) -> Workload:
+    if kind not in KINDS:
+        raise ValueError(f"unknown workload {kind!r}; one of {sorted(KINDS)}")
+    return KINDS[kind](m, proc, **params)
+
+
+def fragment(m, fraction: float, pattern: str = "scattered") -> int:
+    """Unmovable kernel memory (slab) amounting to `fraction` of the machine: "packed" as at
+    boot, or "scattered" one page per pageblock, as slab grown under memory pressure ends up.
+    Returns the pages allocated."""
+    if pattern not in ("scattered", "packed"):
+        raise ValueError("fragment pattern must be 'scattered' or 'packed'")
+    n = int(m.nr_pages * fraction)
+    if not n:
+        return 0
+    if pattern == "packed":
+        return len(m.kernel_alloc_bulk(0, "unmovable", n))
+    # Fill memory with movable pages, drain the unmovable lists, then let each unmovable page
+    # steal a single free page inside a different movable pageblock; free the filler.
+    pa = m.page_alloc
+    saved_boost, saved_min = pa.watermark_boost_factor, pa.min_free_kbytes
+    pa.watermark_boost_factor = 0
+    pa.min_free_kbytes = 128                  # memory really full while the slab grows
+    pa.setup_per_zone_wmarks()
+    zone = pa.zone
+    filler = m.kernel_alloc_bulk(0, "movable", zone.nr_free_pages)
+    for order in range(10, 0, -1):
+        m.kernel_alloc_bulk(order, "movable", 1 << 24)
+    blocks, first = np.unique(filler.astype(np.int64) // 512, return_index=True)
+    step = max(1, blocks.size // max(n, 1))
+    got = 0
+    for i in range(0, blocks.size, step):
+        if got >= n:
+            break
+        m.kernel_free(int(filler[first[i]]), 0)
+        try:
+            m.kernel_alloc(0, "unmovable")
+            got += 1
+        except OSError:
+            break
+    # Release everything movable again (the filler and the bulk blocks).
+    f = zone.frames()
+    movable_heads = np.nonzero(((f["flags"] & 0x10) != 0) & ((f["flags"] & 0x2) != 0))[0]
+    orders = f["order"][movable_heads].copy()           # the views change as blocks are freed
+    for order in range(11):
+        heads = movable_heads[orders == order]
+        if heads.size:
+            m.kernel_free_bulk(heads, order)
+    pa.watermark_boost_factor = saved_boost
+    pa.min_free_kbytes = saved_min
+    pa.setup_per_zone_wmarks()
+    return got
