@@ -15,14 +15,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .report import new_results_dir, write_results
     scenario = load_scenario(args.scenario)
     t0 = time.perf_counter()
-    results = run_scenario(scenario, progress=None if args.quiet else Progress())
+    out = Path(args.output) if args.output else new_results_dir(scenario.name)
+    results = run_scenario(scenario, progress=None if args.quiet else Progress(),
+                           trace_dir=out if args.trace else None)
     wall = time.perf_counter() - t0
     m = scenario.machine
     print(f"scenario {scenario.name}: {m.get('memory', '4G')} machine, seed {m.get('seed', 0)}, "
           f"{scenario.run['duration']} s simulated, {len(results)} variant(s), {wall:.1f} s wall")
     print(format_table([r.summary for r in results], scenario.run["metrics"]), end="")
-    out = Path(args.output) if args.output else new_results_dir(scenario.name)
     written = write_results(results, out, plots=not args.no_plots)
+    if args.trace:
+        written += sorted(out.glob("*.trace"))
     print(f"results in {out}/: " + ", ".join(p.name for p in written))
     return 0
 
@@ -47,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
                      "under ./thpcore-results/)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.add_argument("--no-plots", action="store_true", help="tables only")
+    run.add_argument("--trace", action="store_true", help="also write each variant's operation "
+                     "stream (VARIANT.trace, for thpcore replay)")
+    rep = sub.add_parser("replay", help="run an operation trace (format: pydoc thpcore.trace)")
+    rep.add_argument("trace")
+    rep.add_argument("--memory", help="machine size (overrides the trace header)")
+    rep.add_argument("--seed", type=int)
+    rep.set_defaults(func=lambda a: __import__("thpcore.trace", fromlist=["main"]).main(
+        a.trace, a.memory, a.seed))
     run.set_defaults(func=cmd_run)
     cal = sub.add_parser("calibrate", help="measure the cost model on this host (no sysfs changes)")
     cal.add_argument("-o", "--output", help="write the cost profile (JSON) here; "

@@ -28,6 +28,7 @@ TOP_KEYS = {"scenario", "machine", "sysfs", "sysctl", "cgroup", "fragment", "pro
             "variant"}
 PROCESS_KEYS = {"name", "count", "priority", "cgroup", "workload", "size", "populate",
                 "hugepage", "params"}
+KHUGEPAGED = "/sys/kernel/mm/transparent_hugepage/khugepaged"
 VARIANT_KEYS = {"khugepaged", "sysfs", "policy", "budget", "hugepage"}
 
 # The results table: the same columns for every variant (and every sweep row).
@@ -112,31 +113,42 @@ def load_scenario(path: str | Path | None = None) -> Scenario:
 class Run:
     """One variant of a scenario on its own machine."""
 
-    def __init__(self, sc: Scenario, variant: str, seed: int | None = None):
+    def __init__(self, sc: Scenario, variant: str, seed: int | None = None, trace=None):
+        """trace: a text stream to write the workloads' operations to (see thpcore.trace)."""
         self.sc, self.variant = sc, variant
         v = sc.variants.get(variant, {}) if variant != "khugepaged" else {}
         machine = dict(sc.machine)
         if seed is not None:
             machine["seed"] = seed
         self.m = m = Machine(**machine)
-        for path, value in {**sc.sysfs, **v.get("sysfs", {})}.items():
+        sysfs = {**sc.sysfs, **v.get("sysfs", {})}
+        sysfs.update({f"{KHUGEPAGED}/{k}": value for k, value in v.get("khugepaged", {}).items()})
+        for path, value in sysfs.items():
             m.sysfs.write(path, str(value))
         for name, value in sc.sysctl.items():
             m.sysctl.set(name, value)
-        for k, value in v.get("khugepaged", {}).items():
-            setattr(m.thp.khugepaged, k, value)
         for c in sc.cgroups:
             m.cgroups.create(c["path"])
             for key in ("max", "high"):
                 if key in c:
                     m.sysfs.write(f"/sys/fs/cgroup/{c['path']}/memory.{key}", str(c[key]))
+        self.writer = None
+        if trace is not None:
+            from .trace import TraceWriter
+            if sc.sysctl or any("max" in c or "high" in c for c in sc.cgroups):
+                raise ValueError("a trace cannot carry sysctl settings or cgroup limits yet")
+            self.writer = TraceWriter(trace, m, {"machine": machine, "sysfs": sysfs,
+                                                 "fragment": sc.fragment,
+                                                 "cgroups": [c["path"] for c in sc.cgroups]})
         if sc.fragment:
             fragment(m, sc.fragment.get("fraction", 0.0), sc.fragment.get("pattern", "scattered"))
         self.workloads = []
         for spec in sc.processes:
             for k in range(int(spec.get("count", 1))):
                 name = spec.get("name", "task") + (f"{k}" if spec.get("count", 1) > 1 else "")
-                p = m.spawn(name=name, cgroup=spec.get("cgroup", ""))
+                cgroup = spec.get("cgroup", "")
+                p = (self.writer.spawn(name, cgroup) if self.writer else
+                     m.spawn(name=name, cgroup=cgroup))
                 p.priority = float(spec.get("priority", 0))
                 hugepage = v.get("hugepage", spec.get("hugepage", False))
                 w = make(spec.get("workload", "zipf"), m, p, size=spec.get("size", "64M"),
@@ -156,10 +168,14 @@ class Run:
         for w in self.workloads:
             if w.p.alive:
                 w.tick(seconds)
+        if self.writer is not None:
+            # The trace holds the workloads' operations and the passing of time; a policy's own
+            # collapses are not in it (replay runs the trace under the kernel's khugepaged).
+            self.writer.sleep(seconds, advance=self.host is None)
         if self.host is not None:
             from .uhugepaged import run as run_policy
             run_policy(self.host, self.policy, seconds, self.budget, interval_s=seconds)
-        else:
+        elif self.writer is None:
             self.m.run(seconds=seconds)
 
     def sample_free_area(self) -> dict[str, Any]:
@@ -232,8 +248,9 @@ class Result:
     cdfs: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def run_variant(sc: Scenario, variant: str, seed: int | None = None, progress=None) -> Result:
-    r = Run(sc, variant, seed)
+def run_variant(sc: Scenario, variant: str, seed: int | None = None, progress=None,
+                trace=None) -> Result:
+    r = Run(sc, variant, seed, trace)
     timeline, free_area = r.sample(), [r.sample_free_area()]
     steps = int(sc.run["duration"] // sc.run["interval"])
     for i in range(steps):
@@ -273,8 +290,17 @@ class Progress:
         self.stream.flush()
 
 
-def run_scenario(sc: Scenario, progress=None) -> list[Result]:
-    return [run_variant(sc, v, progress=progress) for v in sc.run["variants"]]
+def run_scenario(sc: Scenario, progress=None, trace_dir=None) -> list[Result]:
+    """Every variant in turn; with trace_dir, each variant's operations go to VARIANT.trace."""
+    results = []
+    for v in sc.run["variants"]:
+        if trace_dir is None:
+            results.append(run_variant(sc, v, progress=progress))
+            continue
+        Path(trace_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(trace_dir) / f"{v}.trace", "w") as f:
+            results.append(run_variant(sc, v, progress=progress, trace=f))
+    return results
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:

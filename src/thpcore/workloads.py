@@ -160,7 +160,6 @@ class Redis(Workload):
         if self.child is None and self.params["snapshot_every"] and \
                 int(self.elapsed) % int(self.params["snapshot_every"]) < seconds:
             self.child = self.p.fork()
-            self.child.name = f"{self.p.name}-bgsave"
             self.child_until = self.elapsed + self.params["snapshot_seconds"]
 
 
