@@ -52,6 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-plots", action="store_true", help="tables only")
     run.add_argument("--trace", action="store_true", help="also write each variant's operation "
                      "stream (VARIANT.trace, for thpcore replay)")
+    sw = sub.add_parser("sweep", help="run a scenario over a grid of parameters and seeds "
+                        "(format: pydoc thpcore.sweep); resumable")
+    sw.add_argument("sweep")
+    sw.add_argument("-o", "--output", help="results directory (default "
+                    "./thpcore-results/sweep-NAME; an existing one is resumed)")
+    sw.add_argument("-j", "--workers", type=int, help="local worker processes (default: CPUs)")
+    sw.add_argument("--scheduler", help="a Dask distributed scheduler address instead")
+    sw.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(func=lambda a: __import__("thpcore.sweep", fromlist=["main"]).main(a))
     rep = sub.add_parser("replay", help="run an operation trace (format: pydoc thpcore.trace)")
     rep.add_argument("trace")
     rep.add_argument("--memory", help="machine size (overrides the trace header)")

@@ -28,6 +28,9 @@ TOP_KEYS = {"scenario", "machine", "sysfs", "sysctl", "cgroup", "fragment", "pro
             "variant"}
 PROCESS_KEYS = {"name", "count", "priority", "cgroup", "workload", "size", "populate",
                 "hugepage", "params"}
+MACHINE_KEYS = {"memory", "swap", "seed", "kernel", "transparent_hugepage", "swap_device"}
+RUN_KEYS = {"duration", "interval", "variants", "metrics"}
+FRAGMENT_KEYS = {"fraction", "pattern"}
 KHUGEPAGED = "/sys/kernel/mm/transparent_hugepage/khugepaged"
 VARIANT_KEYS = {"khugepaged", "sysfs", "policy", "budget", "hugepage"}
 
@@ -68,36 +71,43 @@ def parse_scenario(text: str) -> Scenario:
     meta = doc.get("scenario", {})
     _check_keys(meta, {"name", "description"}, "scenario")
     machine = doc.get("machine", {})
-    _check_keys(machine, {"memory", "swap", "seed", "kernel", "transparent_hugepage",
-                          "swap_device"}, "machine")
+    _check_keys(machine, MACHINE_KEYS, "machine")
     procs = doc.get("process", [])
     if not procs:
         raise ValueError("a scenario needs at least one [[process]]")
     for p in procs:
         _check_keys(p, PROCESS_KEYS, "process")
-        if p.get("workload", "zipf") not in KINDS:
-            raise ValueError(f"process {p.get('name')!r}: workload must be one of {sorted(KINDS)}")
     run = {"duration": 600, "interval": 10, "variants": ["khugepaged"], "metrics": DEFAULT_METRICS,
            **doc.get("run", {})}
-    _check_keys(run, {"duration", "interval", "variants", "metrics"}, "run")
+    _check_keys(run, RUN_KEYS, "run")
+    variants = doc.get("variant", {})
+    for name, v in variants.items():
+        _check_keys(v, VARIANT_KEYS, f"variant.{name}")
+    frag = doc.get("fragment")
+    if frag is not None:
+        _check_keys(frag, FRAGMENT_KEYS, "fragment")
+    for c in doc.get("cgroup", []):
+        _check_keys(c, {"path", "max", "high"}, "cgroup")
+    sc = Scenario(meta.get("name", "unnamed"), machine, procs, run, doc.get("sysfs", {}),
+                  doc.get("sysctl", {}), doc.get("cgroup", []), frag, variants)
+    check_scenario(sc)
+    return sc
+
+
+def check_scenario(sc: Scenario) -> None:
+    """The checks across fields (again after a sweep changed some)."""
+    run = sc.run
     bad = set(run["metrics"]) - set(SUMMARY_COLUMNS)
     if bad:
         raise ValueError(f"[run] metrics: unknown {sorted(bad)}; known: {SUMMARY_COLUMNS}")
     if not 0 < run["interval"] <= run["duration"]:
         raise ValueError("[run] needs 0 < interval <= duration")
-    variants = doc.get("variant", {})
-    for name, v in variants.items():
-        _check_keys(v, VARIANT_KEYS, f"variant.{name}")
     for name in run["variants"]:
-        if name != "khugepaged" and name not in variants:
+        if name != "khugepaged" and name not in sc.variants:
             raise ValueError(f"variant {name!r} has no [variant.{name}] table")
-    frag = doc.get("fragment")
-    if frag is not None:
-        _check_keys(frag, {"fraction", "pattern"}, "fragment")
-    for c in doc.get("cgroup", []):
-        _check_keys(c, {"path", "max", "high"}, "cgroup")
-    return Scenario(meta.get("name", "unnamed"), machine, procs, run, doc.get("sysfs", {}),
-                    doc.get("sysctl", {}), doc.get("cgroup", []), frag, variants)
+    for p in sc.processes:
+        if p.get("workload", "zipf") not in KINDS:
+            raise ValueError(f"process {p.get('name')!r}: workload must be one of {sorted(KINDS)}")
 
 
 def default_scenario_text() -> str:
