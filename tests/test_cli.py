@@ -192,3 +192,8 @@ def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "thpcore.cli", "--version"], capture_output=True,
                          text=True, check=True)
     assert out.stdout.startswith("thpcore ")
+
+
+def test_bench_figures_are_positive():
+    from thpcore.bench import bench_collapse, bench_faults
+    assert bench_collapse() > 0 and bench_faults(False) > 0

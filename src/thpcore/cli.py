@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--scheduler", help="a Dask distributed scheduler address instead")
     sw.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=lambda a: __import__("thpcore.sweep", fromlist=["main"]).main(a))
+    bench = sub.add_parser("bench", help="the headline speed figures on this machine")
+    bench.set_defaults(func=lambda a: __import__("thpcore.bench", fromlist=["main"]).main())
     rep = sub.add_parser("replay", help="run an operation trace (format: pydoc thpcore.trace)")
     rep.add_argument("trace")
     rep.add_argument("--memory", help="machine size (overrides the trace header)")
