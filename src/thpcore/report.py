@@ -66,17 +66,17 @@ def write_plots(results: list, outdir: Path) -> list[Path]:
     n = len(results)
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), sharey=True, squeeze=False)
     for ax, r in zip(axes[0], results):
-        by: dict[str, tuple[list, list]] = {}
+        # Tasks started with count = N (svc0, svc1, ...) are one line: their summed coverage.
+        by: dict[str, dict[float, list[int]]] = {}
         for row in r.timeline:
-            # Many identical small tasks would bury the plot: keep one line per task name stem.
             name = row["process"].rstrip("0123456789") or row["process"]
-            if name != row["process"] and not row["process"].endswith("0"):
-                continue
-            xs, ys = by.setdefault(name, ([], []))
-            xs.append(row["time_s"] / 60)
-            ys.append(row["thp_pct"])
-        for name, (xs, ys) in by.items():
-            ax.plot(xs, ys, label=name)
+            acc = by.setdefault(name, {}).setdefault(row["time_s"], [0, 0])
+            acc[0] += row["anon_huge_MiB"]
+            acc[1] += row["rss_MiB"]
+        for name, series in by.items():
+            times = sorted(series)
+            ax.plot([t / 60 for t in times],
+                    [100 * series[t][0] / max(series[t][1], 1) for t in times], label=name)
         ax.set_title(r.summary["variant"])
         ax.set_xlabel("time (min)")
         ax.legend(fontsize="small")
@@ -90,8 +90,9 @@ def write_plots(results: list, outdir: Path) -> list[Path]:
     for ax, r in zip(axes[0], results):
         times = [row["time_s"] / 60 for row in r.free_area]
         orders = [k for k in r.free_area[0] if k.startswith("order")]
+        colors = plt.cm.viridis([i / max(len(orders) - 1, 1) for i in range(len(orders))])
         ax.stackplot(times, [[row[k] for row in r.free_area] for k in orders],
-                     labels=[k.replace("_MiB", "") for k in orders])
+                     labels=[k.replace("_MiB", "") for k in orders], colors=colors)
         ax.set_title(r.summary["variant"])
         ax.set_xlabel("time (min)")
     axes[0][0].set_ylabel("free memory (MiB)")
