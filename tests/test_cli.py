@@ -197,3 +197,10 @@ def test_console_script_is_installed():
 def test_bench_figures_are_positive():
     from thpcore.bench import bench_collapse, bench_faults
     assert bench_collapse() > 0 and bench_faults(False) > 0
+
+
+def test_thpmaps_subcommand_is_the_scripts_parser(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["thpmaps", "--help"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: thpmaps [-h] [--pid pid | --cgroup path]")

@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--scheduler", help="a Dask distributed scheduler address instead")
     sw.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=lambda a: __import__("thpcore.sweep", fromlist=["main"]).main(a))
+    tm = sub.add_parser("thpmaps", add_help=False, help="the kernel's tools/mm/thpmaps on this "
+                        "host (root): how THPs are mapped per VMA; --help for its options")
+    tm.set_defaults(func=None)
     bench = sub.add_parser("bench", help="the headline speed figures on this machine")
     bench.set_defaults(func=lambda a: __import__("thpcore.bench", fromlist=["main"]).main())
     rep = sub.add_parser("replay", help="run an operation trace (format: pydoc thpcore.trace)")
@@ -83,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
                          "simulator, and compare (root; every knob and swap file is restored)")
     fid.add_argument("-k", dest="only", help="only scenarios whose name contains this text")
     fid.set_defaults(func=lambda a: __import__("thpcore.fidelity", fromlist=["main"]).main(a.only))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["thpmaps"]:              # its own parser, options exactly as the script's
+        from .thpmaps import main as thpmaps_main
+        return thpmaps_main(argv[1:])
     args = parser.parse_args(argv)
     try:
         return args.func(args)
