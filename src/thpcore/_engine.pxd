@@ -16,6 +16,7 @@ cdef enum:
     NR_PAGE_ORDERS = 11
     PAGEBLOCK_ORDER = 9             # min(HPAGE_PMD_ORDER, MAX_PAGE_ORDER)
     PAGEBLOCK_NR_PAGES = 512
+    RMAP_WINDOW = 1 << 24           # frames per compaction reverse-map window (64 MiB of offsets)
 
 # Migratetypes, numbered as in include/linux/mmzone.h for a kernel without CONFIG_CMA
 # (this is the order /proc/pagetypeinfo prints them in).
@@ -343,5 +344,10 @@ cdef class PageTables:
                             int max_shared, bint require_writable) noexcept nogil
     cdef int _check_tid(self, int64_t tid) except -1
     cdef bint compaction_finished(self, int order) noexcept nogil
+    cdef int64_t build_rmap(self, int64_t lo, int64_t hi, uint32_t* offs, uint32_t** slots_p,
+                            int64_t* cap_p) noexcept nogil
+    cdef int _compact_run(self, int order, bint sync, bint whole_zone, int64_t max_migrate,
+                          uint32_t* offs, int64_t wsize, uint32_t** slots_p, int64_t* cap_p,
+                          uint32_t[::1] targets, int64_t ntmax)
     cdef int _check_thp(self, int64_t head, int i0, int i1) except -1
 

@@ -69,3 +69,7 @@ class Zone:
     @property
     def nbytes(self) -> int:
         """Bytes of RAM held by the frame table and pageblock array."""
+
+def set_rmap_window(frames: int) -> int:
+    """Frames per compaction reverse-map window (positive multiple of 512); returns the old one.
+    Results never depend on it (4 bytes per window frame are held during a compaction run)."""

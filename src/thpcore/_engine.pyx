@@ -10,7 +10,7 @@ import numpy as np
 
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset
-from libc.stdlib cimport qsort
+from libc.stdlib cimport free, malloc, qsort, realloc
 
 DEBUG = THPCORE_DEBUG   # compile-time: True in the bounds-checked debug build
 
@@ -807,6 +807,20 @@ SCAN_RESULTS = ["SCAN_FAIL", "SCAN_SUCCEED", "SCAN_PMD_NULL", "SCAN_PMD_NONE", "
                 "SCAN_STORE_FAILED", "SCAN_COPY_MC", "SCAN_PAGE_FILLED"]
 
 
+cdef int64_t _rmap_window = RMAP_WINDOW
+
+
+def set_rmap_window(int64_t frames):
+    """Frames per compaction reverse-map window (a multiple of a pageblock); returns the old
+    value. Results do not depend on it: tests shrink it to cover window changes."""
+    global _rmap_window
+    if frames < PAGEBLOCK_NR_PAGES or frames % PAGEBLOCK_NR_PAGES:
+        raise ValueError("the window must be a positive multiple of 512 frames")
+    old = _rmap_window
+    _rmap_window = frames
+    return old
+
+
 cdef class PageTables:
 
     def __cinit__(self, Zone zone, int64_t swap_slots):
@@ -1515,45 +1529,85 @@ cdef class PageTables:
         from the cached free pfn; order-0 LRU and movable_ops pages move (contents, mapcounts
         and every PTE that maps them follow); unmovable pages, page tables and THPs stay.
         Returns a COMPACT_* code; per-run figures in compact_stats()."""
-        cdef Zone z = self.zone
-        cdef int64_t n = z.nr_pages, i, j, p, tid, slot, total
-        cdef int64_t mig, fre, pb, end, o, newpfn, nt = 0, ntmax = 4096
-        cdef uint32_t pte
-        cdef uint8_t f
-        cdef bint isolated_any, met = False, success = False
+        # Reverse map (the PTE slots that map each frame, CSR over the pool) for a window of
+        # RMAP_WINDOW frames at the migrate scanner, rebuilt as it moves on: 4 bytes per frame
+        # of the window instead of per frame of the zone, so a 1 TiB zone compacts in bounded RAM.
+        cdef int64_t n = self.zone.nr_pages, ntmax = 4096
+        cdef int64_t wsize = min(n, _rmap_window), slots_cap = 0
         cdef int result
-        memset(&self.cstats, 0, sizeof(CompactStats))
-        # Reverse map for this run: the PTE slots that map each frame (CSR over the pool).
-        offs_np = np.zeros(n + 1, dtype=np.uint32)
-        cdef uint32_t[::1] offs = offs_np
-        with nogil:
-            for tid in range(self.capacity):
-                if self.table_pfn[tid] == PFN_NONE:
-                    continue
-                for i in range(PTRS_PER_PTE):
-                    pte = self.ptes[tid * PTRS_PER_PTE + i]
-                    if pte & PTE_PRESENT:
-                        offs[(pte >> PTE_PFN_SHIFT) + 1] += 1
-            for p in range(n):
-                offs[p + 1] += offs[p]
-        total = offs[n]
-        slots_np = np.zeros(max(total, 1), dtype=np.uint32)
-        fill_np = offs_np[:n].copy()
+        cdef uint32_t* offs = <uint32_t*>malloc((wsize + 1) * sizeof(uint32_t))
+        cdef uint32_t* slots = NULL
         targets_np = np.zeros(ntmax, dtype=np.uint32)
-        cdef uint32_t[::1] slots = slots_np
-        cdef uint32_t[::1] fill = fill_np
         cdef uint32_t[::1] targets = targets_np
-        with nogil:
-            for tid in range(self.capacity):
-                if self.table_pfn[tid] == PFN_NONE:
-                    continue
-                for i in range(PTRS_PER_PTE):
-                    pte = self.ptes[tid * PTRS_PER_PTE + i]
-                    if pte & PTE_PRESENT:
-                        p = pte >> PTE_PFN_SHIFT
-                        slots[fill[p]] = <uint32_t>(tid * PTRS_PER_PTE + i)
-                        fill[p] += 1
+        memset(&self.cstats, 0, sizeof(CompactStats))
+        if offs == NULL:
+            raise MemoryError("compaction reverse map")
+        try:
+            result = self._compact_run(order, sync, whole_zone, max_migrate, offs, wsize,
+                                       &slots, &slots_cap, targets, ntmax)
+        finally:
+            free(offs)
+            free(slots)
+        if result < 0:
+            raise MemoryError("compaction reverse map")
+        return result
 
+    cdef int64_t build_rmap(self, int64_t lo, int64_t hi, uint32_t* offs, uint32_t** slots_p,
+                            int64_t* cap_p) noexcept nogil:
+        """offs[k]..offs[k+1] index the PTE slots in *slots_p that map frame lo + k, for frames
+        in [lo, hi). Returns the number of slots, -1 when memory runs out."""
+        cdef int64_t w = hi - lo, tid, i, k, p, total
+        cdef uint32_t pte
+        cdef uint32_t* slots
+        memset(offs, 0, (w + 1) * sizeof(uint32_t))
+        for tid in range(self.capacity):
+            if self.table_pfn[tid] == PFN_NONE:
+                continue
+            for i in range(PTRS_PER_PTE):
+                pte = self.ptes[tid * PTRS_PER_PTE + i]
+                if pte & PTE_PRESENT:
+                    p = pte >> PTE_PFN_SHIFT
+                    if lo <= p < hi:
+                        offs[p - lo + 1] += 1
+        for k in range(w):
+            offs[k + 1] += offs[k]
+        total = offs[w]
+        if total > cap_p[0]:
+            slots = <uint32_t*>realloc(slots_p[0], total * sizeof(uint32_t))
+            if slots == NULL:
+                return -1
+            slots_p[0] = slots
+            cap_p[0] = total
+        slots = slots_p[0]
+        # Fill with offs[k] as frame k's cursor; afterwards offs[k] holds the old offs[k + 1].
+        for tid in range(self.capacity):
+            if self.table_pfn[tid] == PFN_NONE:
+                continue
+            for i in range(PTRS_PER_PTE):
+                pte = self.ptes[tid * PTRS_PER_PTE + i]
+                if pte & PTE_PRESENT:
+                    p = pte >> PTE_PFN_SHIFT
+                    if lo <= p < hi:
+                        slots[offs[p - lo]] = <uint32_t>(tid * PTRS_PER_PTE + i)
+                        offs[p - lo] += 1
+        k = w - 1
+        while k > 0:
+            offs[k] = offs[k - 1]
+            k -= 1
+        offs[0] = 0
+        return total
+
+    cdef int _compact_run(self, int order, bint sync, bint whole_zone, int64_t max_migrate,
+                          uint32_t* offs, int64_t wsize, uint32_t** slots_p, int64_t* cap_p,
+                          uint32_t[::1] targets, int64_t ntmax):
+        cdef Zone z = self.zone
+        cdef int64_t n = z.nr_pages, i, j, p, slot
+        cdef int64_t mig, fre, pb, end, o, newpfn, nt = 0
+        cdef int64_t wlo = 0, whi = 0
+        cdef uint8_t f
+        cdef uint32_t* slots = NULL
+        cdef bint isolated_any, met = False, success = False, oom = False
+        with nogil:
             mig = 0 if whole_zone else self.cached_migrate_pfn
             fre = (n - PAGEBLOCK_NR_PAGES) if whole_zone else self.cached_free_pfn
             while mig < fre + PAGEBLOCK_NR_PAGES and not success:
@@ -1569,6 +1623,12 @@ cdef class PageTables:
                 if not sync and z.pageblock_mt[pb] != MIGRATE_MOVABLE:
                     mig = end                      # async only takes movable pageblocks
                     continue
+                if mig < wlo or end > whi:
+                    wlo, whi = mig, min(n, mig + wsize)
+                    if self.build_rmap(wlo, whi, offs, slots_p, cap_p) < 0:
+                        oom = True
+                        break
+                    slots = slots_p[0]
                 isolated_any = False
                 p = mig
                 while p < end:
@@ -1623,7 +1683,7 @@ cdef class PageTables:
                     z.memcg[newpfn] = z.memcg[p]
                     if f & PG_lru:
                         z.memcg_pages[z.memcg[p]] += 1      # free_pages(p) uncharges the old one
-                    for j in range(offs[p], offs[p + 1]):
+                    for j in range(offs[p - wlo], offs[p - wlo + 1]):
                         slot = slots[j]
                         self.ptes[slot] = (<uint32_t>newpfn << PTE_PFN_SHIFT) | (self.ptes[slot] & 0xF)
                     z.mapcount[p] = 0
@@ -1652,6 +1712,8 @@ cdef class PageTables:
             nt = 0
             if mig >= fre:
                 met = True
+        if oom:
+            return -1
         if met:
             # Scanners met: the next run starts over, and the skip hints are forgotten.
             self.cached_migrate_pfn = 0
