@@ -464,3 +464,18 @@ def test_cost_profiles_load_and_validate(tmp_path):
     for bad in ({"fault_4k_ns": -1}, {"nope": 1}, {"copy_4k_ns": 1.5}):
         with pytest.raises(ValueError):
             thpcore.Machine("256M", costs=bad)
+
+
+def test_collapse_event_log_keeps_the_most_recent(monkeypatch):
+    from thpcore.machine import CollapseEventLog
+    monkeypatch.setattr(CollapseEventLog, "LIMIT", 8)
+    m = thpcore.Machine("256M", seed=0, transparent_hugepage="never")
+    p = m.spawn()
+    a = p.mmap(64 << 20)
+    p.write(a, 64 << 20)
+    for i in range(32):                       # one MADV_COLLAPSE (one record) per region
+        p.madvise(a + i * (2 << 20), 2 << 20, thpcore.MADV_COLLAPSE)
+    ev = m.collapse_events()
+    assert 1 <= len(ev) <= 8
+    assert int(ev["address"][-1]) == a + 31 * (2 << 20)      # the newest survive
+    m.check()

@@ -854,7 +854,14 @@ cdef class PageTables:
         cdef int64_t old = self.capacity, new = max(old * 2, old + n - self.nr_free_ids, 64)
         cdef int64_t i
         ptes = np.zeros(new * PTRS_PER_PTE, dtype=np.uint32)
-        ptes[:old * PTRS_PER_PTE] = np.asarray(self.ptes)
+        # Copy only the chunks that hold an entry: a table never written (the one deposited
+        # with each THP) stays untouched, zero-filled on demand, so it costs no resident RAM.
+        src = np.asarray(self.ptes)
+        cdef int64_t chunk = 1 << 16, lo, hi, used = old * PTRS_PER_PTE
+        for lo in range(0, used, chunk):
+            hi = min(lo + chunk, used)
+            if src[lo:hi].any():
+                ptes[lo:hi] = src[lo:hi]
         table_pfn = np.full(new, 0xFFFFFFFF, dtype=np.uint32)
         table_pfn[:old] = np.asarray(self.table_pfn)
         free_ids = np.zeros(new, dtype=np.uint32)
@@ -867,7 +874,7 @@ cdef class PageTables:
 
     cdef int64_t table_alloc(self) noexcept nogil:
         """pte_alloc(): a zeroed, unmovable page-table page; -1 if no id reserved or no memory."""
-        cdef int64_t pfn, tid
+        cdef int64_t pfn, tid, i
         if self.nr_free_ids == 0:
             return -1
         pfn = self.zone.get_page_from_freelist(
@@ -881,7 +888,11 @@ cdef class PageTables:
         self.nr_free_ids -= 1
         tid = self.free_ids[self.nr_free_ids]
         self.table_pfn[tid] = <uint32_t>pfn
-        memset(&self.ptes[tid * PTRS_PER_PTE], 0, PTRS_PER_PTE * sizeof(uint32_t))
+        # Zero it only if it is not already (reading an untouched slot costs no resident RAM).
+        for i in range(PTRS_PER_PTE):
+            if self.ptes[tid * PTRS_PER_PTE + i]:
+                memset(&self.ptes[tid * PTRS_PER_PTE], 0, PTRS_PER_PTE * sizeof(uint32_t))
+                break
         self.nr_tables += 1
         return tid
 

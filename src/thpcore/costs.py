@@ -63,7 +63,8 @@ class Accounting:
 
     def __init__(self):
         self.cpu_ns: dict = {}
-        self._samples: dict[str, list[tuple[int, int]]] = {k: [] for k in self.KINDS}
+        # kind -> {latency ns: count}: bounded by the distinct latencies, not the actions.
+        self._samples: dict[str, dict[int, int]] = {k: {} for k in self.KINDS}
 
     def charge(self, actor, ns: int, kind: str | None = None, count: int = 1) -> None:
         """Charge `count` actions of `ns` each to `actor`, recording them as latency samples."""
@@ -71,15 +72,16 @@ class Accounting:
             return
         self.cpu_ns[actor] = self.cpu_ns.get(actor, 0) + ns * count
         if kind is not None:
-            self._samples[kind].append((ns, count))
+            hist = self._samples[kind]
+            hist[ns] = hist.get(ns, 0) + count
 
     def distribution(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """Sorted latencies (ns) of `kind` and the cumulative count up to each: the CDF."""
         if kind not in self._samples:
             raise ValueError(f"latency kind must be one of {self.KINDS}")
         samples = self._samples[kind]
-        values = np.array([v for v, _ in samples], dtype=np.float64)
-        counts = np.array([c for _, c in samples], dtype=np.int64)
+        values = np.fromiter(samples.keys(), dtype=np.float64, count=len(samples))
+        counts = np.fromiter(samples.values(), dtype=np.int64, count=len(samples))
         order = np.argsort(values, kind="stable")
         return values[order], np.cumsum(counts[order])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import errno
 import hashlib
 import json
@@ -46,6 +48,28 @@ class _NoVMA:
 
 class InvariantError(AssertionError):
     """Machine.check() found simulator state that no kernel could be in."""
+
+
+class CollapseEventLog(collections.deque):
+    """Collapse trace records (tuples or structured-array chunks), oldest dropped first once
+    more than LIMIT records are held."""
+
+    LIMIT = 1 << 20
+
+    def __init__(self):
+        super().__init__()
+        self.records = 0
+
+    def append(self, item) -> None:
+        super().append(item)
+        self.records += len(item) if isinstance(item, np.ndarray) else 1
+        while self.records > self.LIMIT and len(self) > 1:
+            old = self.popleft()
+            self.records -= len(old) if isinstance(old, np.ndarray) else 1
+
+    def clear(self) -> None:
+        super().clear()
+        self.records = 0
 
 
 class Machine:
@@ -117,7 +141,7 @@ class Machine:
         self._next_anon_vma = 1
         self._write_generation = 0
         self.events: dict[str, int] = dict.fromkeys(EVENTS, 0)
-        self._collapse_events: list[tuple] = []
+        self._collapse_events = CollapseEventLog()
         from .compaction import Compaction
         from .khugepaged import Khugepaged
         from .memcontrol import CgroupTree
@@ -185,7 +209,9 @@ class Machine:
                                       counts.get("latency_ns", 0)))
 
     def collapse_events(self) -> np.ndarray:
-        """Every collapse scan so far as a structured array (see khugepaged.EVENT_DTYPE)."""
+        """The collapse scans so far (the most recent CollapseEventLog.LIMIT of them, so hours
+        of khugepaged on a 1 TiB host stay in bounded memory) as a structured array (see
+        khugepaged.EVENT_DTYPE)."""
         from .khugepaged import EVENT_DTYPE
         parts = [e if isinstance(e, np.ndarray) else np.array([e], dtype=EVENT_DTYPE)
                  for e in self._collapse_events]
