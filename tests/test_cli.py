@@ -204,3 +204,10 @@ def test_thpmaps_subcommand_is_the_scripts_parser(capsys):
         main(["thpmaps", "--help"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.startswith("usage: thpmaps [-h] [--pid pid | --cgroup path]")
+
+
+def test_scale_run_on_a_small_host(capsys):
+    from thpcore.scale import main as scale_main
+    assert scale_main(["--memory", "1G", "--khugepaged-seconds", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "populated 250 processes" in out and "collapses" in out and "compact_memory" in out
