@@ -194,9 +194,10 @@ def test_console_script_is_installed():
     assert out.stdout.startswith("thpcore ")
 
 
-def test_bench_figures_are_positive():
-    from thpcore.bench import bench_collapse, bench_faults
+def test_bench_figures_are_positive_and_memory_within_target():
+    from thpcore.bench import bench_bytes_per_page, bench_collapse, bench_faults
     assert bench_collapse() > 0 and bench_faults(False) > 0
+    assert 12 < bench_bytes_per_page() <= 16
 
 
 def test_thpmaps_subcommand_is_the_scripts_parser(capsys):

@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
                         "host (root): how THPs are mapped per VMA; --help for its options")
     tm.set_defaults(func=None)
     bench = sub.add_parser("bench", help="the headline speed figures on this machine")
-    bench.set_defaults(func=lambda a: __import__("thpcore.bench", fromlist=["main"]).main())
+    bench.add_argument("--json", help="also write the figures as JSON records to this file")
+    bench.add_argument("--quick", action="store_true", help="skip the scenario and sweep runs")
+    bench.set_defaults(func=lambda a: __import__("thpcore.bench", fromlist=["main"]).main(
+        a.json, a.quick))
     rep = sub.add_parser("replay", help="run an operation trace (format: pydoc thpcore.trace)")
     rep.add_argument("trace")
     rep.add_argument("--memory", help="machine size (overrides the trace header)")
