@@ -212,3 +212,30 @@ def test_scale_run_on_a_small_host(capsys):
     assert scale_main(["--memory", "1G", "--khugepaged-seconds", "5"]) == 0
     out = capsys.readouterr().out
     assert "populated 250 processes" in out and "collapses" in out and "compact_memory" in out
+
+
+def test_fleet_mix_expands_deterministically():
+    text = SMALL + """
+[fleet]
+tenants = 12
+seed = 7
+mix = { zipf = 2, churn = 1, redis = 1 }
+sizes = ["8M", "16M"]
+priorities = [0, 5]
+populate = [0.5, 1.0]
+hugepage = "after"
+"""
+    a, b = parse_scenario(text), parse_scenario(text)
+    fleet_procs = [p for p in a.processes if p["name"].startswith("tenant")]
+    assert len(fleet_procs) == 12 and a.processes == b.processes
+    assert {p["workload"] for p in fleet_procs} <= {"zipf", "churn", "redis"}
+    assert len({p["workload"] for p in fleet_procs}) >= 2
+    assert {p["priority"] for p in fleet_procs} <= {0, 5}
+    a.run["duration"], a.run["variants"] = 20, ["uhugepaged"]
+    res = run_variant(a, "uhugepaged")
+    assert {r["process"] for r in res.timeline} >= {p["name"] for p in fleet_procs}
+    other = parse_scenario(text.replace("seed = 7", "seed = 8"))
+    assert other.processes != a.processes
+    for bad in ['[fleet]\nmix = { gups = 1 }\n', '[fleet]\ntenants = 0\n', '[fleet]\nsize = 1\n']:
+        with pytest.raises(ValueError):
+            parse_scenario(bad)

@@ -22,10 +22,10 @@ import numpy as np
 
 from . import _engine
 from .machine import Machine
-from .workloads import KINDS, fragment, make
+from .workloads import KINDS, fleet, fragment, make
 
-TOP_KEYS = {"scenario", "machine", "sysfs", "sysctl", "cgroup", "fragment", "process", "run",
-            "variant"}
+TOP_KEYS = {"scenario", "machine", "sysfs", "sysctl", "cgroup", "fragment", "process", "fleet",
+            "run", "variant"}
 PROCESS_KEYS = {"name", "count", "priority", "cgroup", "workload", "size", "populate",
                 "hugepage", "params"}
 MACHINE_KEYS = {"memory", "swap", "seed", "kernel", "transparent_hugepage", "swap_device"}
@@ -72,9 +72,11 @@ def parse_scenario(text: str) -> Scenario:
     _check_keys(meta, {"name", "description"}, "scenario")
     machine = doc.get("machine", {})
     _check_keys(machine, MACHINE_KEYS, "machine")
-    procs = doc.get("process", [])
+    procs = list(doc.get("process", []))
+    if "fleet" in doc:
+        procs += fleet(doc["fleet"])
     if not procs:
-        raise ValueError("a scenario needs at least one [[process]]")
+        raise ValueError("a scenario needs at least one [[process]] or a [fleet]")
     for p in procs:
         _check_keys(p, PROCESS_KEYS, "process")
     run = {"duration": 600, "interval": 10, "variants": ["khugepaged"], "metrics": DEFAULT_METRICS,

@@ -172,6 +172,41 @@ def make(kind: str, m, proc, **params) -> Workload:
     return KINDS[kind](m, proc, **params)
 
 
+FLEET_KEYS = {"tenants", "seed", "mix", "sizes", "priorities", "populate", "hugepage", "prefix"}
+
+
+def fleet(spec: dict) -> list[dict]:
+    """A multi-tenant fleet as [[process]] tables: `tenants` tasks whose workload kind is drawn
+    from `mix` ({kind: weight}), size from `sizes` (a list), priority from `priorities` (a
+    list) and populate fraction from `populate` (a list), all from their own seed, so the same
+    table always gives the same fleet."""
+    unknown = set(spec) - FLEET_KEYS
+    if unknown:
+        raise ValueError(f"unknown key(s) in [fleet]: {sorted(unknown)}")
+    mix = spec.get("mix", {"zipf": 1, "churn": 1, "redis": 1})
+    bad = set(mix) - set(KINDS)
+    if bad or not mix or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+        raise ValueError(f"[fleet] mix: weights over {sorted(KINDS)}, not all zero")
+    tenants = int(spec.get("tenants", 10))
+    if tenants <= 0:
+        raise ValueError("[fleet] tenants must be positive")
+    sizes = list(spec.get("sizes", ["64M", "256M"]))
+    priorities = list(spec.get("priorities", [0]))
+    populate = list(spec.get("populate", [1.0]))
+    if not sizes or not priorities or not populate:
+        raise ValueError("[fleet] sizes, priorities and populate must be non-empty lists")
+    rng = np.random.default_rng(int(spec.get("seed", 0)))
+    kinds = sorted(mix)
+    weights = np.array([mix[k] for k in kinds], dtype=np.float64)
+    picks = rng.choice(len(kinds), tenants, p=weights / weights.sum())
+    prefix = spec.get("prefix", "tenant")
+    return [{"name": f"{prefix}{i}", "workload": kinds[int(picks[i])],
+             "size": sizes[int(rng.integers(len(sizes)))],
+             "priority": priorities[int(rng.integers(len(priorities)))],
+             "populate": populate[int(rng.integers(len(populate)))],
+             "hugepage": spec.get("hugepage", False)} for i in range(tenants)]
+
+
 def fragment(m, fraction: float, pattern: str = "scattered") -> int:
     """Unmovable kernel memory (slab) amounting to `fraction` of the machine: "packed" as at
     boot, or "scattered" one page per pageblock, as slab grown under memory pressure ends up.
