@@ -8,7 +8,7 @@ and the khugepaged max_ptes_none/swap/shared knobs."""
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import thpcore
@@ -141,16 +141,6 @@ class World:
                                 owners.setdefault(head, set()).add(proc.pid)
         return {h: len(s) for h, s in owners.items()}
 
-    def engine_counts_shared_like_kernel(self):
-        """False when some THP is mapped into two mms while no page of it is mapped twice:
-        folio_maybe_mapped_shared() (CONFIG_MM_ID, 6.15+) calls it shared, the engine's scan
-        (any page mapcount > 1) does not -- see test_engine_misses_mm_shared_thp."""
-        f = self.m.page_alloc.zone.frames()
-        for head, mms in self.mm_count().items():
-            if mms > 1 and f["mapcount"][head:head + 512].max() <= 1:
-                return False
-        return True
-
     def swap(self):
         """Slot references (swap PTEs across every live mm) and each slot's content (what the
         process that swapped it out would read back)."""
@@ -275,7 +265,6 @@ def test_scan_matches_engine(sc):
     """Every region of every process: the reference scan and the engine's scan_pmd (as the
     simulator calls it for khugepaged and for MADV_COLLAPSE) agree on the code and counters."""
     w = World(sc)
-    assume(w.engine_counts_shared_like_kernel())
     frames, pt = w.frames(), w.m.page_tables
     for cc in w.controls():
         for proc in w.live():
@@ -303,7 +292,6 @@ def test_khugepaged_pass_matches_reference(sc):
     the vm events, and the state it leaves (frames, PMDs, tables, RSS, swap) are what the
     reference scan + collapse_huge_page() give, region by region in address order."""
     w = World(sc)
-    assume(w.engine_counts_shared_like_kernel())
     m, p = w.m, w.p
     m.thp.enabled = "madvise"
     p.madvise(w.a, N * HPAGE, MADV_HUGEPAGE)            # registers the parent only
@@ -358,7 +346,6 @@ def test_madv_collapse_matches_reference(sc):
     entries, the Python swap-in path and collapse_copy): result, errno, counters and the state
     left behind match the reference's scan + collapse_huge_page() without limits."""
     w = World(sc)
-    assume(w.engine_counts_shared_like_kernel())
     m, p = w.m, w.p
     _, cc = w.controls()
     for region in w.regions():
@@ -423,9 +410,8 @@ def test_reference_calls_mm_shared_thp_shared():
                                                           f["content"]), CollapseControl(True))
 
 
-@pytest.mark.xfail(strict=True, reason="engine scan_pte_table: a large folio is shared only if "
-                   "some page of it has mapcount > 1, not if two mms map it (CONFIG_MM_ID)")
-def test_engine_misses_mm_shared_thp():
+def test_engine_counts_mm_shared_thp():
+    """A THP PTE-mapped into two mms, no page mapped twice: shared for 6.18 (CONFIG_MM_ID)."""
     m, p, c, a = _disjoint_thp_world()
     code, counts = m.page_tables.scan_pmd(p.mm.get_pmd(a) >> 32, True, 511, 64, 100, False)
     assert (sim.ScanResult(code), counts["shared"]) == (sim.ScanResult.SCAN_EXCEED_SHARED_PTE, 101)

@@ -1147,9 +1147,9 @@ cdef class PageTables:
                             int max_shared, bint require_writable) noexcept nogil:
         """hpage_collapse_scan_pmd()'s PTE walk; fills self.scan and returns a SCAN_* code.
         Limits apply when is_khugepaged (max_* < 0 disables one)."""
-        cdef int64_t base = tid * PTRS_PER_PTE, i, j, head
-        cdef uint32_t pte, pfn
-        cdef bint shared
+        cdef int64_t base = tid * PTRS_PER_PTE, i, j, head, last_head = -1, total, here
+        cdef uint32_t pte, pfn, q
+        cdef bint shared, last_shared = False
         memset(&self.scan, 0, sizeof(ScanCounts))
         for i in range(PTRS_PER_PTE):
             pte = self.ptes[base + i]
@@ -1167,18 +1167,27 @@ cdef class PageTables:
             if pte & PTE_WRITE:
                 self.scan.writable = True
             pfn = pte >> PTE_PFN_SHIFT
-            # folio_maybe_mapped_shared(): any page of the folio mapped more than once.
+            # folio_maybe_mapped_shared(): a small folio mapped more than once; a large one
+            # mapped by another mm too (CONFIG_MM_ID, 6.15+): its pages carry more mappings
+            # than this table holds (without mremap a folio lies in one table of an mm).
             if self.zone.mapcount[pfn] > 1:
                 shared = True
             elif not (self.zone.flags[pfn] & PG_tail) and self.zone.order[pfn] == 0:
                 shared = False
             else:
                 head = pfn & ~(<int64_t>PTRS_PER_PTE - 1)
-                shared = False
-                for j in range(PTRS_PER_PTE):
-                    if self.zone.mapcount[head + j] > 1:
-                        shared = True
-                        break
+                if head != last_head:
+                    total = 0
+                    here = 0
+                    for j in range(PTRS_PER_PTE):
+                        total += self.zone.mapcount[head + j]
+                        q = self.ptes[base + j]
+                        if q != 0 and (q & 0xF) != PTE_KIND_SWAP and (q & 0xF) != PTE_KIND_ZERO \
+                                and ((q >> PTE_PFN_SHIFT) & ~(<uint32_t>PTRS_PER_PTE - 1)) == head:
+                            here += 1
+                    last_head = head
+                    last_shared = total > here
+                shared = last_shared
             if shared:
                 self.scan.shared += 1
                 if is_khugepaged and max_shared >= 0 and self.scan.shared > max_shared:
