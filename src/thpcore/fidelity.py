@@ -332,11 +332,66 @@ def _khugepaged(max_ptes_none, written):
     return scenario
 
 
-def _khugepaged_setup(max_ptes_none):
+def _wait_full_scans(b, n=2):
+    if isinstance(b, Live):
+        path = f"{THP}/khugepaged/full_scans"
+        target = int(open(path).read()) + n
+        deadline = time.time() + 10
+        while int(open(path).read()) < target and time.time() < deadline:
+            time.sleep(0.01)
+        if int(open(path).read()) < target:
+            raise TimeoutError("khugepaged did not complete two full scans")
+    else:
+        b.m.khugepaged.wait_full_scans(n)
+
+
+def _split_halves_shared(b):
+    """A THP whose halves end up in two mms (the child keeps the first half, the parent the
+    second): no page is mapped twice, yet 6.18 counts the parent's 256 PTEs as shared
+    (folio_maybe_mapped_shared with CONFIG_MM_ID), so max_ptes_shared decides the collapse."""
+    r = b.region(HP)
+    b.madvise(r, 0, HP, MADV_HUGEPAGE)
+    b.write(r, 0, HP, value=3)
+    if isinstance(b, Live):
+        ready_r, ready_w = os.pipe()
+        done_r, done_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:                                    # child: keep the first half mapped
+            try:
+                os.close(ready_r)
+                os.close(done_w)
+                r.madvise(HP // 2, HP // 2, MADV_DONTNEED)
+                os.write(ready_w, b"x")
+                os.read(done_r, 1)                      # until the parent is done
+            finally:
+                os._exit(0)
+        os.close(ready_w)
+        os.close(done_r)
+        try:
+            os.read(ready_r, 1)
+            b.madvise(r, 0, HP // 2, MADV_DONTNEED)
+            _wait_full_scans(b)
+            result = b.smaps(r)["AnonHugePages"], sorted(set(b.read(r, HP // 2, HP // 2)))
+        finally:
+            os.close(done_w)
+            os.close(ready_r)
+            os.waitpid(pid, 0)
+        return result
+    c = b.p.fork()
+    b.madvise(SimRegion(c, r.addr, r.length), HP // 2, HP // 2, MADV_DONTNEED)
+    b.madvise(r, 0, HP // 2, MADV_DONTNEED)
+    _wait_full_scans(b)
+    result = b.smaps(r)["AnonHugePages"], sorted(set(b.read(r, HP // 2, HP // 2)))
+    c.exit()
+    return result
+
+
+def _khugepaged_setup(max_ptes_none, max_ptes_shared=256):
     def setup(sim):
         k = sim.m.thp.khugepaged
         k.scan_sleep_millisecs = k.alloc_sleep_millisecs = 10
         k.max_ptes_none = max_ptes_none
+        k.max_ptes_shared = max_ptes_shared
     return setup
 
 
@@ -373,6 +428,13 @@ def _suite():
                     {"enabled": "madvise", "khugepaged/scan_sleep_millisecs": 10,
                      "khugepaged/alloc_sleep_millisecs": 10, "khugepaged/max_ptes_none": mpn,
                      "sim_setup": _khugepaged_setup(mpn)}))
+    for mps in (0, 256):
+        out.append((f"khugepaged THP halves in two mms, max_ptes_shared={mps}",
+                    _split_halves_shared,
+                    {"enabled": "madvise", "khugepaged/scan_sleep_millisecs": 10,
+                     "khugepaged/alloc_sleep_millisecs": 10, "khugepaged/max_ptes_none": 511,
+                     "khugepaged/max_ptes_shared": mps,
+                     "sim_setup": _khugepaged_setup(511, mps)}))
     return out
 
 
