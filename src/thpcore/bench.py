@@ -87,9 +87,9 @@ def bench_buddy() -> float:
     return 64 * 4096 / _best(pairs)
 
 
-def bench_compaction() -> float:
-    """Pages migrated per second by a full compaction of a 2 GiB zone with 1.8 GiB of 4 KiB
-    pages, every other 64 KiB freed."""
+def compaction_setup():
+    """(machine, fragment): a 2 GiB zone with 1.8 GiB of 4 KiB pages; fragment() rewrites them
+    and frees every other 64 KiB (shared with benchmarks/test_bench_compaction.py)."""
     from .machine import Machine
     m = Machine("2G", seed=0, transparent_hugepage="never")
     p = m.spawn()
@@ -102,6 +102,12 @@ def bench_compaction() -> float:
         p.write(a, size)
         for off in range(0, size, 128 << 10):
             p.madvise(a + off, 64 << 10, MADV_DONTNEED)
+    return m, fragment
+
+
+def bench_compaction() -> float:
+    """Pages migrated per second by a full compaction of compaction_setup()'s zone."""
+    m, fragment = compaction_setup()
     t = _best(lambda: m.page_tables.compact(-1, True, True), setup=fragment)
     return m.page_tables.compact_stats()["migrated"] / t
 

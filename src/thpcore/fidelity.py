@@ -313,25 +313,6 @@ def _collapse_swapin(b):
     return swapped, rc, b.smaps(r), sorted(set(b.read(r, 0, HP)))
 
 
-def _khugepaged(max_ptes_none, written):
-    def scenario(b):
-        r = b.region(HP)
-        b.write(r, 0, written * 4096)
-        b.madvise(r, 0, HP, MADV_HUGEPAGE)
-        if isinstance(b, Live):
-            path = f"{THP}/khugepaged/full_scans"
-            target = int(open(path).read()) + 2
-            deadline = time.time() + 10
-            while int(open(path).read()) < target and time.time() < deadline:
-                time.sleep(0.01)
-            if int(open(path).read()) < target:
-                raise TimeoutError("khugepaged did not complete two full scans")
-        else:
-            b.m.khugepaged.wait_full_scans(2)
-        return b.smaps(r)["AnonHugePages"], sorted(set(b.read(r, 0, HP)))
-    return scenario
-
-
 def _wait_full_scans(b, n=2):
     if isinstance(b, Live):
         path = f"{THP}/khugepaged/full_scans"
@@ -340,9 +321,19 @@ def _wait_full_scans(b, n=2):
         while int(open(path).read()) < target and time.time() < deadline:
             time.sleep(0.01)
         if int(open(path).read()) < target:
-            raise TimeoutError("khugepaged did not complete two full scans")
+            raise TimeoutError(f"khugepaged did not complete {n} full scans")
     else:
         b.m.khugepaged.wait_full_scans(n)
+
+
+def _khugepaged(max_ptes_none, written):
+    def scenario(b):
+        r = b.region(HP)
+        b.write(r, 0, written * 4096)
+        b.madvise(r, 0, HP, MADV_HUGEPAGE)
+        _wait_full_scans(b)
+        return b.smaps(r)["AnonHugePages"], sorted(set(b.read(r, 0, HP)))
+    return scenario
 
 
 def _split_halves_shared(b):
