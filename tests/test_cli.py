@@ -195,8 +195,8 @@ def test_console_script_is_installed():
 
 
 def test_bench_figures_are_positive_and_memory_within_target():
-    from thpcore.bench import bench_bytes_per_page, bench_collapse, bench_faults
-    assert bench_collapse() > 0 and bench_faults(False) > 0
+    from thpcore.bench import bench_bytes_per_page, bench_collapse, bench_faults, reference_buddy
+    assert bench_collapse() > 0 and bench_faults(False) > 0 and reference_buddy(256) > 0
     assert 12 < bench_bytes_per_page() <= 16
 
 

@@ -105,6 +105,22 @@ def compaction_setup():
     return m, fragment
 
 
+def reference_buddy(pairs: int = 4096) -> float:
+    """The pure-Python reference allocator (thpcore.reference.page_alloc) on the same
+    order-0 alloc+free pairs as bench_buddy, pairs per second."""
+    from . import _engine
+    from .reference.page_alloc import ReferenceZone
+    z = ReferenceZone(1 << 20)
+    z.set_watermarks(1024, 1280, 1536)
+    flags = _engine.PY_ALLOC_WMARK_LOW | _engine.PY_ALLOC_NOFRAGMENT
+
+    def run():
+        pfns = [z.alloc(0, 1, flags, _engine.PY_PG_LRU) for _ in range(pairs)]
+        for pfn in pfns:
+            z.free(pfn, 0)
+    return pairs / _best(run, rounds=2)
+
+
 def bench_compaction() -> float:
     """Pages migrated per second by a full compaction of compaction_setup()'s zone."""
     m, fragment = compaction_setup()
@@ -220,7 +236,7 @@ def records(quick: bool = False) -> list[dict[str, Any]]:
     add("write_faults_thp", bench_faults(True), "pages/s", ">= 2e7",
         "1 GiB write, enabled=always + MADV_HUGEPAGE")
     add("buddy_pairs", bench_buddy(), "alloc+free pairs/s", ">= 2e7",
-        "order-0, batches of 4096, 4 GiB zone")
+        "order-0, batches of 4096, 4 GiB zone", reference=reference_buddy())
     add("compaction_migrated", bench_compaction(), "pages/s", ">= 1e7",
         "full compaction, 2 GiB zone, 1.8 GiB 4 KiB pages, every other 64 KiB freed")
     add("bytes_per_page", bench_bytes_per_page(), "bytes/4 KiB page", "<= 16",
