@@ -3,7 +3,6 @@ counters, events, and the 2022 RFC profile."""
 
 import errno
 
-import numpy as np
 import pytest
 
 import thpcore
@@ -63,7 +62,6 @@ def test_max_ptes_swap_boundary(m, over):
     p.madvise(a, n * PAGE, MADV_PAGEOUT)
     m.thp.enabled = "madvise"
     p.madvise(a, HPAGE, MADV_HUGEPAGE)
-    words = None
     m.khugepaged.wait_full_scans(2)
     assert ahp(p) == (0 if over else 2048)
     assert m.vmstat["thp_scan_exceed_swap_pte"] == (2 if over else 0)

@@ -3,12 +3,11 @@ kcompactd, proactive compaction, compact_memory, and the known fragmentation res
 
 import errno
 
-import numpy as np
 import pytest
 
 import thpcore
 from thpcore import MADV_DONTNEED, MADV_HUGEPAGE
-from thpcore.compaction import CompactResult, Priority
+from thpcore.compaction import CompactResult
 
 from conftest import unchanged
 

@@ -9,7 +9,7 @@ import thpcore
 from thpcore import (MADV_COLD, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE,
                      MADV_PAGEOUT, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED,
                      PR_GET_THP_DISABLE, PR_SET_THP_DISABLE, PR_THP_DISABLE_EXCEPT_ADVISED,
-                     PROT_NONE, PROT_READ, PROT_WRITE, SegmentationFault)
+                     PROT_NONE, PROT_READ, SegmentationFault)
 
 from conftest import unchanged
 

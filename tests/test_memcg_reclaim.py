@@ -3,7 +3,6 @@ deferred-split / underused-THP shrinker."""
 
 import errno
 
-import numpy as np
 import pytest
 
 import thpcore
@@ -59,7 +58,7 @@ def test_without_the_shrinker_the_stride_workload_is_oom_killed():
 
 def test_memcg_files_and_limits():
     m = thpcore.Machine("1G", seed=0)
-    cg = m.cgroups.create("batch")
+    m.cgroups.create("batch")
     m.cgroups.create("batch/low")
     with pytest.raises(FileExistsError):
         m.cgroups.create("batch")

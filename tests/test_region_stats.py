@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import thpcore
-from thpcore import MADV_DONTNEED, MADV_HUGEPAGE, MADV_PAGEOUT
+from thpcore import MADV_HUGEPAGE, MADV_PAGEOUT
 from thpcore._engine import scan_pagemap
 from thpcore.task_mmu import region_stats
 

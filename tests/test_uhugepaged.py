@@ -8,8 +8,8 @@ import pytest
 import thpcore
 from thpcore import MADV_HUGEPAGE
 from thpcore._engine import tlb_simulate
-from thpcore.uhugepaged import (Action, CoveragePolicy, KhugepagedPolicy, Policy, PriorityPolicy,
-                                SimHost, UtilizationPolicy, load_policy, main, run)
+from thpcore.uhugepaged import (CoveragePolicy, KhugepagedPolicy, PriorityPolicy, SimHost, UtilizationPolicy,
+                                load_policy, main, run)
 
 MB, HP = 1 << 20, 2 << 20
 
@@ -47,7 +47,7 @@ def test_priority_policy_serves_the_most_important_process_first():
 def test_utilization_policy_bounds_bloat_and_shares_fairly():
     m, regs = machine_with([("a", 0, [(4, 500), (4, 100)]), ("b", 0, [(4, 480)])])
     before = sum(p.smaps_rollup()["Rss"] for p in m.processes())
-    st = run(SimHost(m), UtilizationPolicy(0.9), duration_s=1, budget_per_s=4)
+    run(SimHost(m), UtilizationPolicy(0.9), duration_s=1, budget_per_s=4)
     a, b = regs[0][0], regs[2][0]
     assert thp_regions(a) == 2 and thp_regions(b) == 2       # alternating between processes
     bloat = sum(p.smaps_rollup()["Rss"] for p in m.processes() if p.name in "ab") - before
@@ -79,7 +79,6 @@ def test_khugepaged_policy_collapses_what_khugepaged_collapses():
     m1, p1, a1 = scene()
     p1.madvise(a1, 16 * HP, MADV_HUGEPAGE)
     m1.khugepaged.wait_full_scans(2)
-    kernel = {e["start"] for e in p1.smaps() if e["AnonHugePages"]}
     kernel_regions = sorted(int(r) for r in m1.collapse_events()["address"]
                             [m1.collapse_events()["result"] == 1])
 

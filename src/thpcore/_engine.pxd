@@ -338,6 +338,8 @@ cdef class PageTables:
     cdef int64_t swap_alloc_slot(self) noexcept nogil
     cdef int64_t swap_alloc_cluster(self) noexcept nogil
     cdef void pageout_pte_range(self, int64_t tid, int i0, int i1) noexcept nogil
+    cdef bint swappable(self, uint32_t pfn) noexcept nogil
+    cdef bint swap_out_pte(self, int64_t idx, uint32_t pfn) noexcept nogil
     cdef int64_t reclaim_pte_range(self, int64_t tid, int i0, int i1, int64_t want, uint16_t memcg, bint any_memcg) noexcept nogil
     cdef ScanCounts scan
     cdef int scan_pte_table(self, int64_t tid, bint is_khugepaged, int max_none, int max_swap,

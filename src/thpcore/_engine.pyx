@@ -1087,7 +1087,7 @@ cdef class PageTables:
 
     cdef int64_t reclaim_pte_range(self, int64_t tid, int i0, int i1, int64_t want, uint16_t memcg,
                                    bint any_memcg) noexcept nogil:
-        cdef int64_t base = tid * PTRS_PER_PTE, slot, got = 0
+        cdef int64_t base = tid * PTRS_PER_PTE, got = 0
         cdef uint32_t pte, pfn
         cdef int i
         for i in range(i0, i1):
@@ -1103,25 +1103,36 @@ cdef class PageTables:
                 self.ptes[base + i] = pte & ~(<uint32_t>PTE_YOUNG)
                 self.stats.young_cleared += 1
                 continue
-            if self.zone.mapcount[pfn] != 1 or self.zone.order[pfn] != 0 \
-                    or not (self.zone.flags[pfn] & PG_head):
+            if not self.swappable(pfn):
                 continue
-            slot = self.swap_alloc_slot()
-            if slot < 0:
+            if not self.swap_out_pte(base + i, pfn):
                 break
-            self.swap_map[slot] = 1
-            self.swap_used += 1
-            self.swap_content[slot] = self.zone.content[pfn]
-            self.ptes[base + i] = (<uint32_t>slot << PTE_PFN_SHIFT) | PTE_KIND_SWAP
-            self.stats.swapped_out += 1
-            self.stats.rss_removed += 1
-            self.put_user_frame(pfn)
             got += 1
         return got
 
+    cdef bint swappable(self, uint32_t pfn) noexcept nogil:
+        """An exclusive order-0 page: what these paths swap out."""
+        return (self.zone.mapcount[pfn] == 1 and self.zone.order[pfn] == 0
+                and (self.zone.flags[pfn] & PG_head) != 0)
+
+    cdef bint swap_out_pte(self, int64_t idx, uint32_t pfn) noexcept nogil:
+        """Move the page PTE slot idx maps to a swap slot (try_to_unmap + swap entry);
+        False when the device is full."""
+        cdef int64_t slot = self.swap_alloc_slot()
+        if slot < 0:
+            return False
+        self.swap_map[slot] = 1
+        self.swap_used += 1
+        self.swap_content[slot] = self.zone.content[pfn]
+        self.ptes[idx] = (<uint32_t>slot << PTE_PFN_SHIFT) | PTE_KIND_SWAP
+        self.stats.swapped_out += 1
+        self.stats.rss_removed += 1
+        self.put_user_frame(pfn)
+        return True
+
     cdef void pageout_pte_range(self, int64_t tid, int i0, int i1) noexcept nogil:
         """Reclaim the exclusive order-0 pages mapped by PTEs i0..i1-1 to swap."""
-        cdef int64_t base = tid * PTRS_PER_PTE, slot
+        cdef int64_t base = tid * PTRS_PER_PTE
         cdef uint32_t pte, pfn
         cdef int i
         for i in range(i0, i1):
@@ -1129,19 +1140,8 @@ cdef class PageTables:
             if not (pte & PTE_PRESENT):
                 continue
             pfn = pte >> PTE_PFN_SHIFT
-            if self.zone.mapcount[pfn] != 1 or self.zone.order[pfn] != 0 \
-                    or not (self.zone.flags[pfn] & PG_head):
-                continue
-            slot = self.swap_alloc_slot()
-            if slot < 0:
+            if self.swappable(pfn) and not self.swap_out_pte(base + i, pfn):
                 return
-            self.swap_map[slot] = 1
-            self.swap_used += 1
-            self.swap_content[slot] = self.zone.content[pfn]
-            self.ptes[base + i] = (<uint32_t>slot << PTE_PFN_SHIFT) | PTE_KIND_SWAP
-            self.stats.swapped_out += 1
-            self.stats.rss_removed += 1
-            self.put_user_frame(pfn)
 
     cdef int scan_pte_table(self, int64_t tid, bint is_khugepaged, int max_none, int max_swap,
                             int max_shared, bint require_writable) noexcept nogil:

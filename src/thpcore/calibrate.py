@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import json
 import mmap as _mmap
-import os
 import time
 from dataclasses import asdict
 

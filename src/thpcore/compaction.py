@@ -7,7 +7,6 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING
 
-from . import _engine
 from .page_alloc import fragmentation_index
 
 if TYPE_CHECKING:
@@ -184,7 +183,6 @@ class Compaction:
                     self.compact_zone(9, Priority.SYNC_LIGHT, daemon=True)
                     m.charge(self.last_cost_ns)
             while self.next_proactive_ns <= end_ns:
-                now = self.next_proactive_ns
                 self.next_proactive_ns += HPAGE_FRAG_CHECK_INTERVAL_NS
                 if not m.page_alloc.compaction_proactiveness:
                     continue

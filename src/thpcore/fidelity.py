@@ -8,7 +8,6 @@ Every THP knob a scenario sets is restored (live.thp_settings), swap files are r
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 

@@ -11,8 +11,7 @@ import numpy as np
 
 from . import _engine
 from .mm import (MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_WRITE, PMD_YOUNG,
-                 make_huge_pmd, make_huge_zero_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind,
-                 pmd_table_id)
+                 make_huge_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind, pmd_table_id)
 from .vma import PMD_SIZE, VM_HUGEPAGE, VM_NOHUGEPAGE, VM_WRITE, VMA
 
 if TYPE_CHECKING:

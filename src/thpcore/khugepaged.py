@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import _engine
-from .huge_memory import (HPAGE_PMD_NR, TVA, Gfp, alloc_thp, map_new_thp, region_in_vma,
-                          thp_vma_allowable, vma_thp_gfp_mask)
+from .huge_memory import (HPAGE_PMD_NR, TVA, Gfp, alloc_thp, map_new_thp, thp_vma_allowable,
+                          vma_thp_gfp_mask)
 from .mm import MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, pmd_kind, pmd_table_id
 from .vma import PMD_SIZE, VM_WRITE, VMA
 

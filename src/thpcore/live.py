@@ -559,7 +559,11 @@ def fork_and_run(fn, *args, timeout: float = 120.0, **kwargs):
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         what = f"signal {signal.Signals(sig).name}" if sig else f"exit code {code}"
         raise ChildDied(f"child {pid} sent no result ({what})", status, sig, code)
-    ok, value = pickle.loads(data)
+    return _child_result(*pickle.loads(data))
+
+
+def _child_result(ok: bool, value):
+    """A child's (ok, value) message: its return value, or its exception raised here."""
     if ok:
         return value
     exc, tb = value
@@ -707,15 +711,7 @@ class ForkedChild:
             self.chan.close()
         if self.status is None:
             _, self.status = os.waitpid(self.pid, 0)
-        ok, value = obj
-        if ok:
-            return value
-        exc, tb = value
-        if exc is None:
-            raise ChildError("exception in child:\n" + tb)
-        if hasattr(exc, "add_note"):
-            exc.add_note("raised in forked child:\n" + tb)
-        raise exc
+        return _child_result(*obj)
 
     def kill(self) -> None:
         if self.status is None:

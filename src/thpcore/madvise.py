@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 from . import constants as C
 from .huge_memory import split_huge_pmds_at
 from .memory import khugepaged_enter_vma, zap_page_range
-from .mm import MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, pmd_kind
-from .vma import (PAGE_SIZE, PMD_SIZE, VM_DONTCOPY, VM_DONTDUMP, VM_HUGEPAGE, VM_LOCKED,
-                  VM_NOHUGEPAGE, VM_WIPEONFORK, VMA)
+from .mm import MM
+from .vma import (PAGE_SIZE, VM_DONTCOPY, VM_DONTDUMP, VM_HUGEPAGE, VM_LOCKED, VM_NOHUGEPAGE,
+                  VM_WIPEONFORK, VMA)
 
 if TYPE_CHECKING:
     from .machine import Machine

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import _engine
 from .huge_memory import (HPAGE_PMD_NR, TVA, alloc_thp, get_huge_zero_folio, map_new_thp,
                           region_in_vma, split_huge_pmd, thp_vma_allowable, vma_thp_gfp_mask,
                           zap_huge_pmd)

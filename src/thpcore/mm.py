@@ -105,6 +105,23 @@ class MM:
             yield r, max(start, r), min(end, r + PMD_SIZE)
             r += PMD_SIZE
 
+    def nr_huge_pmds(self) -> int:
+        """PMD-mapped THPs in this mm (AnonHugePages / 2 MiB), counted over the directory."""
+        return sum(int(np.count_nonzero((arr & PMD_KIND_MASK) == PMD_KIND_HUGE))
+                   for arr in self.pmd_dir.values())
+
+    def huge_map(self, start: int, nr_regions: int) -> np.ndarray:
+        """uint8 per 2 MiB region from `start` (aligned): 1 where a THP is PMD-mapped."""
+        idx = (start >> PMD_SHIFT) + np.arange(nr_regions, dtype=np.int64)
+        puds = idx >> (PUD_SHIFT - PMD_SHIFT)
+        out = np.zeros(nr_regions, dtype=np.uint8)
+        for pud in np.unique(puds):
+            arr = self.pmd_dir.get(int(pud))
+            if arr is not None:
+                sel = puds == pud
+                out[sel] = (arr[idx[sel] & (PTRS_PER_PMD - 1)] & PMD_KIND_MASK) == PMD_KIND_HUGE
+        return out
+
     def populated_pmds(self) -> Iterator[tuple[int, int]]:
         """(region address, entry) for every non-none PMD, ascending."""
         for pud in sorted(self.pmd_dir):

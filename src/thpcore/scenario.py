@@ -205,8 +205,7 @@ class Run:
         for w in self.workloads:
             if not w.p.alive:
                 continue
-            rss, huge = w.p.mm.anon_rss, 512 * sum(1 for _, e in w.p.mm.populated_pmds()
-                                                   if e & 3 == 2)
+            rss, huge = w.p.mm.anon_rss, 512 * w.p.mm.nr_huge_pmds()
             rows.append({"variant": self.variant, "time_s": round(t, 3), "process": w.p.name,
                          "rss_MiB": rss // 256, "anon_huge_MiB": huge // 256,
                          "thp_pct": round(100 * huge / max(rss, 1), 2),
@@ -220,13 +219,10 @@ class Run:
         lat_f, lat_c = m.latency("fault"), m.latency("collapse")
         prio = max(self.workloads, key=lambda w: w.p.priority)
         rss = sum(w.p.mm.anon_rss for w in self.workloads if w.p.alive)
-        huge = sum(512 * sum(1 for _, e in w.p.mm.populated_pmds() if e & 3 == 2)
-                   for w in self.workloads if w.p.alive)
-        from .mm import PMD_KIND_HUGE, pmd_kind
+        huge = sum(512 * w.p.mm.nr_huge_pmds() for w in self.workloads if w.p.alive)
         w = prio
         vpns = w.access_stream(200_000)
-        huge_regions = np.array([pmd_kind(w.p.mm.get_pmd(w.addr + i * (2 << 20))) == PMD_KIND_HUGE
-                                 for i in range(w.regions)], dtype=np.uint8)
+        huge_regions = w.p.mm.huge_map(w.addr, w.regions)
         _, _, walks = _engine.tlb_simulate(vpns, huge_regions, w.addr >> 21)
         prio_rss, prio_huge = w.p.mm.anon_rss, 512 * int(huge_regions.sum())
         return {

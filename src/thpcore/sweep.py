@@ -22,7 +22,6 @@ DIR skips the jobs already there (resuming after an interruption) and refuses a 
 
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import itertools
@@ -52,11 +51,9 @@ def apply_parameter(sc: Scenario, path: str, value: Any) -> None:
         sc.sysctl[rest] = value
         return
     if head in ("machine", "run", "fragment"):
-        table = {"machine": sc.machine, "run": sc.run}.get(head)
-        if head == "fragment":
-            if sc.fragment is None:
-                sc.fragment = {}
-            table = sc.fragment
+        if head == "fragment" and sc.fragment is None:
+            sc.fragment = {}
+        table = {"machine": sc.machine, "run": sc.run, "fragment": sc.fragment}[head]
         keys = rest.split(".")
         allowed = {"machine": MACHINE_KEYS, "run": RUN_KEYS, "fragment": FRAGMENT_KEYS}[head]
         if keys[0] not in allowed:
@@ -123,14 +120,7 @@ class Sweep:
         return [dict(zip(names, c)) for c in combos]
 
     def scenario_for(self, point: dict[str, Any], seed: int, variant: str) -> Scenario:
-        sc = parse_scenario(self.scenario_text)
-        for path, value in point.items():
-            apply_parameter(sc, path, value)
-        sc.machine["seed"] = seed
-        check_scenario(sc)
-        if variant != "khugepaged" and variant not in sc.variants:
-            raise ValueError(f"variant {variant!r} is not in the scenario")
-        return sc
+        return scenario_for(self.scenario_text, point, seed, variant)
 
     def jobs(self) -> Iterator[dict[str, Any]]:
         for point in self.points():
@@ -146,11 +136,21 @@ class Sweep:
                                         self.parameters], sort_keys=True).encode()).hexdigest()[:12]
 
 
+def scenario_for(scenario_text: str, point: dict[str, Any], seed: int, variant: str) -> Scenario:
+    """The scenario of one job: the base text with the point's parameters and the seed."""
+    sc = parse_scenario(scenario_text)
+    for path, value in point.items():
+        apply_parameter(sc, path, value)
+    sc.machine["seed"] = seed
+    check_scenario(sc)
+    if variant != "khugepaged" and variant not in sc.variants:
+        raise ValueError(f"variant {variant!r} is not in the scenario")
+    return sc
+
+
 def run_job(scenario_text: str, spec: dict[str, Any]) -> dict[str, Any]:
     """One row of the sweep table (runs in a worker process)."""
-    sw = Sweep.__new__(Sweep)
-    sw.scenario_text = scenario_text
-    sc = sw.scenario_for(spec["params"], spec["seed"], spec["variant"])
+    sc = scenario_for(scenario_text, spec["params"], spec["seed"], spec["variant"])
     t0 = time.perf_counter()
     result = run_variant(sc, spec["variant"])
     row = {"job": spec["job"], **{f"param:{k}": v for k, v in spec["params"].items()}}

@@ -293,7 +293,6 @@ class LiveHost:
         self.log: list[str] = []
 
     def observe(self) -> Observation:
-        import os
         procs = []
         for pid in sorted(self.pids):
             try:

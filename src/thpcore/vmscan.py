@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
 
-from .huge_memory import HPAGE_PMD_NR, deferred_split_scan, split_huge_pmd
+from .huge_memory import HPAGE_PMD_NR, deferred_split_scan
 from .mm import PMD_KIND_HUGE, PMD_KIND_TABLE, PMD_YOUNG, pmd_huge_pfn, pmd_kind, pmd_table_id
 
 if TYPE_CHECKING:
