@@ -183,11 +183,11 @@ class Run:
         if self.writer is not None:
             # The trace holds the workloads' operations and the passing of time; a policy's own
             # collapses are not in it (replay runs the trace under the kernel's khugepaged).
-            self.writer.sleep(seconds, advance=self.host is None)
+            self.writer.sleep(seconds)
         if self.host is not None:
             from .uhugepaged import run as run_policy
             run_policy(self.host, self.policy, seconds, self.budget, interval_s=seconds)
-        elif self.writer is None:
+        else:
             self.m.run(seconds=seconds)
 
     def sample_free_area(self) -> dict[str, Any]:

@@ -96,12 +96,9 @@ class TraceWriter:
         self.record(label, "spawn", name, *([cgroup] if cgroup else []))
         return RecordedProcess(self, p, label)
 
-    def sleep(self, seconds: float, advance: bool = True) -> None:
-        """Record that `seconds` pass; advance=False when the caller runs the time itself."""
-        ns = int(seconds * 1e9)
-        self.record("-", "sleep", format_time(ns))
-        if advance:
-            self.m.run_until(self.m.clock_ns + ns)
+    def sleep(self, seconds: float) -> None:
+        """Record that `seconds` pass (the caller runs the machine for them, as m.run does)."""
+        self.record("-", "sleep", format_time(int(seconds * 1e9)))
 
 
 class RecordedProcess:
@@ -159,7 +156,7 @@ class Record:
     time_ns: int
     pid: str
     op: str
-    args: list[str]
+    args: list                         # parsed: ints for ADDR/LEN/ADVICE/SECONDS (ns), str else
 
 
 @dataclass
@@ -173,7 +170,7 @@ class Trace:
 
 def _number(text: str, line: int) -> int:
     try:
-        return parse_size(int(text, 0) if text[:1].isdigit() and text[-1:].isdigit() else text)
+        return parse_size(text)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"line {line}: {exc}") from None
 
@@ -221,12 +218,22 @@ def parse_trace(text: str) -> Trace:
             raise ValueError(f"line {n}: time goes backwards ({t})")
         last = ns
         if op in ("mmap", "munmap", "madvise", "write", "read"):
-            _number(args[0], n), _number(args[1], n)
-        if op == "madvise" and args[2] not in ADVICE and not args[2].isdigit():
-            raise ValueError(f"line {n}: unknown advice {args[2]!r}")
-        if op == "sleep":
-            parse_time(args[0])
-        tr.records.append(Record(n, ns, pid, op, args))
+            parsed: list = [_number(args[0], n), _number(args[1], n)]
+            if op == "madvise":
+                if args[2] in ADVICE:
+                    parsed.append(ADVICE[args[2]])
+                elif args[2].isdigit():
+                    parsed.append(int(args[2]))
+                else:
+                    raise ValueError(f"line {n}: unknown advice {args[2]!r}")
+        elif op == "sleep":
+            try:
+                parsed = [parse_time(args[0])]
+            except ValueError as exc:
+                raise ValueError(f"line {n}: {exc}") from None
+        else:
+            parsed = args
+        tr.records.append(Record(n, ns, pid, op, parsed))
     return tr
 
 
@@ -257,7 +264,7 @@ def replay(trace: Trace | str | Path, **machine_overrides) -> ReplayResult:
         if r.time_ns > m.clock_ns:
             m.run_until(r.time_ns)
         if r.op == "sleep":
-            m.run_until(m.clock_ns + parse_time(r.args[0]))
+            m.run_until(m.clock_ns + r.args[0])
             continue
         if r.op == "spawn":
             if r.pid in procs and procs[r.pid].alive:
@@ -277,17 +284,15 @@ def replay(trace: Trace | str | Path, **machine_overrides) -> ReplayResult:
 def _apply(p, r: Record, procs: dict) -> None:
     a = r.args
     if r.op == "mmap":
-        p.mmap(_number(a[1], r.line), flags=MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
-               addr=_number(a[0], r.line))
+        p.mmap(a[1], flags=MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, addr=a[0])
     elif r.op == "munmap":
-        p.munmap(_number(a[0], r.line), _number(a[1], r.line))
+        p.munmap(a[0], a[1])
     elif r.op == "madvise":
-        advice = ADVICE[a[2]] if a[2] in ADVICE else int(a[2])
-        p.madvise(_number(a[0], r.line), _number(a[1], r.line), advice)
+        p.madvise(a[0], a[1], a[2])
     elif r.op == "write":
-        p.write(_number(a[0], r.line), _number(a[1], r.line))
+        p.write(a[0], a[1])
     elif r.op == "read":
-        p.read(_number(a[0], r.line), _number(a[1], r.line))
+        p.read(a[0], a[1])
     elif r.op == "fork":
         procs[a[0]] = p.fork()
     elif r.op == "exit":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _engine
 from .constants import MADV_COLLAPSE, MADV_DONTNEED, MADV_HUGEPAGE
 from .units import parse_size
 
@@ -243,7 +244,8 @@ def fragment(m, fraction: float, pattern: str = "scattered") -> int:
             break
     # Release everything movable again (the filler and the bulk blocks).
     f = zone.frames()
-    movable_heads = np.nonzero(((f["flags"] & 0x10) != 0) & ((f["flags"] & 0x2) != 0))[0]
+    movable_heads = np.nonzero(((f["flags"] & _engine.PY_PG_MOVABLE_OPS) != 0)
+                               & ((f["flags"] & _engine.PY_PG_HEAD) != 0))[0]
     orders = f["order"][movable_heads].copy()           # the views change as blocks are freed
     for order in range(11):
         heads = movable_heads[orders == order]
