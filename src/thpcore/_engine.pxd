@@ -197,6 +197,7 @@ cdef enum:
     PMD_WRITE = 0x10
     PMD_PFN_SHIFT = 5               # stores pfn >> 9 from here
     PMD_TABLE_SHIFT = 32
+    PTRS_PER_PMD = 512              # entries in one mm PMD array (a GiB of address space)
 
 # Ways a write fault fills pages (fault_pte_range's value_mode).
 cdef enum:
@@ -208,6 +209,10 @@ cdef enum:
     FAULT_OK = 0
     FAULT_OOM = -1                  # an order-0 allocation failed part way
     FAULT_CHARGE = -2               # the memcg charge budget ran out part way
+    FAULT_SLOW = 1                  # a *_pmd_range walk stopped at a region the kernel-model
+                                    # layer must handle (none PMD, huge zero write, COW of a
+                                    # huge PMD, a split to do, partly mapped THPs to queue)
+    FAULT_BAD_PMD = -3              # a PMD entry names no table / THP in use (corrupt state)
 
 
 cdef struct FaultStats:
@@ -223,6 +228,7 @@ cdef struct FaultStats:
     int64_t swap_ptes_zapped        # swap PTEs cleared by a zap (MM_SWAPENTS shrinks by this)
     int64_t swapped_out             # pages written to swap (pswpout)
     int64_t stopped_at              # PTE index where a fault stopped early (FAULT_OOM/CHARGE)
+    int64_t stopped_vpn             # page where a *_pmd_range walk stopped (end when it did not)
     int64_t young_cleared           # accessed bits cleared by a reclaim scan
 
 
@@ -335,6 +341,12 @@ cdef class PageTables:
                              int64_t vpn0, int value_mode, uint32_t value, uint32_t* out,
                              uint16_t memcg) noexcept nogil
     cdef void zap_pte_range(self, int64_t tid, int i0, int i1) noexcept nogil
+    cdef bint pmd_valid(self, uint64_t entry) noexcept nogil
+    cdef int fault_pmd_range(self, uint64_t* pmds, int64_t vpn, int64_t vpn_end, bint write,
+                             bint vma_write, int value_mode, uint32_t value, uint32_t* out,
+                             uint16_t memcg) noexcept nogil
+    cdef int zap_pmd_range(self, uint64_t* pmds, int64_t vpn, int64_t vpn_end) noexcept nogil
+    cdef int _check_pmd_range(self, uint64_t[::1] pmds, int64_t vpn, int64_t vpn_end) except -1
     cdef int64_t swap_alloc_slot(self) noexcept nogil
     cdef int64_t swap_alloc_cluster(self) noexcept nogil
     cdef void pageout_pte_range(self, int64_t tid, int i0, int i1) noexcept nogil

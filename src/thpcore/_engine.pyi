@@ -51,6 +51,10 @@ PY_PMD_KIND_HUGE: Final = 0x2
 """PMD kind (bits 0..1): maps a THP."""
 PY_PMD_KIND_HUGE_ZERO: Final = 0x3
 """PMD kind (bits 0..1): maps the huge zero page."""
+PY_FAULT_SLOW: Final = 1
+"""fault_range/zap_range: stopped at a region the kernel-model layer must handle."""
+PY_FAULT_BAD_PMD: Final = -3
+"""fault_range/zap_range: a PMD entry names no table or THP in use (corrupt state)."""
 PY_PTE_PRESENT: Final = 0x1
 """PTE bit: present page (pfn in bits 4..31)."""
 PY_PTE_YOUNG: Final = 0x2
@@ -103,6 +107,7 @@ class FaultStats(TypedDict):
     swap_ptes_zapped: int
     swapped_out: int
     stopped_at: int
+    stopped_vpn: int
     young_cleared: int
 
 @type_check_only
@@ -256,6 +261,15 @@ class PageTables:
         """handle_pte_fault() for PTEs i0..i1-1 (reads fill `out`): 0, -1 (OOM) or -2 (charge)."""
     def zap(self, tid: int, i0: int, i1: int) -> None:
         """zap_pte_range(): clear PTEs i0..i1-1, dropping pages and swap slots."""
+    def fault_range(self, pmds: npt.NDArray[np.uint64], vpn: int, vpn_end: int, write: bool,
+                    vma_write: bool, value_mode: int, value: int,
+                    out: npt.NDArray[np.uint32] | None = None, memcg: int = 0) -> int:
+        """Fault pages vpn..vpn_end-1 of one GiB (PMD array `pmds`) through PTE tables and
+        ready huge PMDs, stats accumulating: 0, 1 (a region needs the kernel-model layer),
+        -1/-2 (OOM/charge) or -3 (corrupt PMD), stopping at get_stats().stopped_vpn."""
+    def zap_range(self, pmds: npt.NDArray[np.uint64], vpn: int, vpn_end: int) -> int:
+        """Zap pages vpn..vpn_end-1 of PTE-table regions of one GiB: 0, 1 (a huge PMD or partly
+        mapped THPs to queue) or -3, stopping at get_stats().stopped_vpn."""
     def reclaim(self, tid: int, i0: int, i1: int, want: int, memcg: int = -1) -> int:
         """One second-chance pass over PTEs i0..i1-1 swapping out old pages; pages reclaimed."""
     def pageout(self, tid: int, i0: int, i1: int) -> None:

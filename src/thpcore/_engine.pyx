@@ -788,6 +788,8 @@ PY_PG_PGTABLE = PG_pgtable
 PY_PMD_KIND_TABLE = PMD_KIND_TABLE
 PY_PMD_KIND_HUGE = PMD_KIND_HUGE
 PY_PMD_KIND_HUGE_ZERO = PMD_KIND_HUGE_ZERO
+PY_FAULT_SLOW = FAULT_SLOW
+PY_FAULT_BAD_PMD = FAULT_BAD_PMD
 PY_PTE_PRESENT = PTE_PRESENT
 PY_PTE_YOUNG = PTE_YOUNG
 PY_PTE_DIRTY = PTE_DIRTY
@@ -1201,6 +1203,105 @@ cdef class PageTables:
             return SCAN_LACK_REFERENCED_PAGE
         return SCAN_SUCCEED
 
+    # ---- range walks: the fast path of faults and zaps over many regions ----------------
+
+    cdef bint pmd_valid(self, uint64_t entry) noexcept nogil:
+        """A table entry names a table in use; a huge entry names a THP head (order 9)."""
+        cdef uint64_t kind = entry & PMD_KIND_MASK, tid = entry >> PMD_TABLE_SHIFT
+        cdef uint64_t head
+        if kind == PMD_KIND_TABLE:
+            return tid < <uint64_t>self.capacity and self.table_pfn[tid] != PFN_NONE
+        if kind == PMD_KIND_HUGE:
+            head = ((entry >> PMD_PFN_SHIFT) & 0x7FFFFFF) << PAGEBLOCK_ORDER
+            return (head < <uint64_t>self.zone.nr_pages and (self.zone.flags[head] & PG_head) != 0
+                    and self.zone.order[head] == PAGEBLOCK_ORDER)
+        return kind == PMD_KIND_HUGE_ZERO
+
+    cdef int fault_pmd_range(self, uint64_t* pmds, int64_t vpn, int64_t vpn_end, bint write,
+                             bint vma_write, int value_mode, uint32_t value, uint32_t* out,
+                             uint16_t memcg) noexcept nogil:
+        """Touch pages vpn..vpn_end-1 (one GiB's PMD array `pmds`) where no kernel-model
+        decision is needed: PTE tables (handle_pte_fault) and huge PMDs that are readable /
+        writable as they are. Stops with FAULT_SLOW at the first region that needs more (a none
+        PMD, a write to a huge zero or read-only huge PMD) or when a zap left partly mapped
+        THPs to queue; with FAULT_OOM/FAULT_CHARGE where a PTE fault ran out. stats.stopped_vpn
+        says where. Same effects, in the same order, as one call per region."""
+        cdef int64_t start = vpn, rvpn, head, tid
+        cdef int i0, i1, rc, i
+        cdef uint64_t entry, kind
+        cdef int idx
+        while vpn < vpn_end:
+            if self.nr_partial_heads:
+                self.stats.stopped_vpn = vpn
+                return FAULT_SLOW
+            rvpn = vpn & ~(<int64_t>PTRS_PER_PTE - 1)
+            i0 = <int>(vpn - rvpn)
+            i1 = <int>min(vpn_end - rvpn, <int64_t>PTRS_PER_PTE)
+            idx = <int>((vpn >> 9) & (PTRS_PER_PMD - 1))
+            entry = pmds[idx]
+            kind = entry & PMD_KIND_MASK
+            if entry and not self.pmd_valid(entry):
+                self.stats.stopped_vpn = vpn
+                return FAULT_BAD_PMD
+            if kind == PMD_KIND_TABLE:
+                tid = <int64_t>(entry >> PMD_TABLE_SHIFT)
+                rc = self.fault_pte_range(tid, i0, i1, write, vma_write, vpn, value_mode, value,
+                                          NULL if out == NULL else out + (vpn - start), memcg)
+                if rc != FAULT_OK:
+                    self.stats.stopped_vpn = rvpn + self.stats.stopped_at
+                    return rc
+            elif kind == PMD_KIND_HUGE:
+                head = <int64_t>(((entry >> PMD_PFN_SHIFT) & 0x7FFFFFF) << PAGEBLOCK_ORDER)
+                if write:
+                    if not (entry & PMD_WRITE):
+                        self.stats.stopped_vpn = vpn
+                        return FAULT_SLOW
+                    for i in range(i0, i1):
+                        self.zone.content[head + i] = page_value(value_mode, value, rvpn + i)
+                    pmds[idx] = entry | PMD_YOUNG | PMD_DIRTY
+                else:
+                    if out != NULL:
+                        for i in range(i0, i1):
+                            out[vpn - start + i - i0] = self.zone.content[head + i]
+                    pmds[idx] = entry | PMD_YOUNG
+            elif kind == PMD_KIND_HUGE_ZERO and not write:
+                if out != NULL:
+                    memset(out + (vpn - start), 0, (i1 - i0) * sizeof(uint32_t))
+            else:
+                self.stats.stopped_vpn = vpn
+                return FAULT_SLOW
+            vpn = rvpn + i1
+        self.stats.stopped_vpn = vpn_end
+        return FAULT_OK
+
+    cdef int zap_pmd_range(self, uint64_t* pmds, int64_t vpn, int64_t vpn_end) noexcept nogil:
+        """zap_pmd_range() over PTE-table regions of one GiB's PMD array; stops with
+        FAULT_SLOW at a huge PMD (zap or split: kernel-model work) or once THPs are left
+        partly mapped (to be queued for deferred split before going on)."""
+        cdef int64_t rvpn
+        cdef int i0, i1, idx
+        cdef uint64_t entry
+        while vpn < vpn_end:
+            if self.nr_partial_heads:
+                self.stats.stopped_vpn = vpn
+                return FAULT_SLOW
+            rvpn = vpn & ~(<int64_t>PTRS_PER_PTE - 1)
+            i0 = <int>(vpn - rvpn)
+            i1 = <int>min(vpn_end - rvpn, <int64_t>PTRS_PER_PTE)
+            idx = <int>((vpn >> 9) & (PTRS_PER_PMD - 1))
+            entry = pmds[idx]
+            if entry:
+                if not self.pmd_valid(entry):
+                    self.stats.stopped_vpn = vpn
+                    return FAULT_BAD_PMD
+                if (entry & PMD_KIND_MASK) != PMD_KIND_TABLE:
+                    self.stats.stopped_vpn = vpn
+                    return FAULT_SLOW
+                self.zap_pte_range(<int64_t>(entry >> PMD_TABLE_SHIFT), i0, i1)
+            vpn = rvpn + i1
+        self.stats.stopped_vpn = vpn_end
+        return FAULT_OK
+
     # ---- Python interface ----------------------------------------------------------------
 
     cdef int _check_tid(self, int64_t tid) except -1:
@@ -1269,6 +1370,46 @@ cdef class PageTables:
             raise ValueError("PTE index range outside a table")
         with nogil:
             self.zap_pte_range(tid, i0, i1)
+
+    cdef int _check_pmd_range(self, uint64_t[::1] pmds, int64_t vpn, int64_t vpn_end) except -1:
+        if pmds.shape[0] != PTRS_PER_PMD:
+            raise ValueError("pmds must be one mm PMD array (512 uint64 entries)")
+        if not 0 <= vpn <= vpn_end or (vpn_end > vpn and
+                                        (vpn >> 18) != ((vpn_end - 1) >> 18)):
+            raise ValueError("page range must lie inside one GiB of address space")
+        return 0
+
+    def fault_range(self, uint64_t[::1] pmds, int64_t vpn, int64_t vpn_end, bint write,
+                    bint vma_write, int value_mode, uint32_t value, out=None, int memcg=0):
+        """Fault pages vpn..vpn_end-1 (inside one GiB whose PMD array is `pmds`) through PTE
+        tables and ready huge PMDs; stats accumulate (reset_stats first). Returns FAULT_OK, 1
+        (a region needs the kernel-model layer), -1/-2 (OOM/charge) or -3 (a corrupt PMD
+        entry), with stats.stopped_vpn where the walk stopped."""
+        self._check_pmd_range(pmds, vpn, vpn_end)
+        cdef uint32_t[::1] outv
+        cdef uint32_t* outp = NULL
+        if out is not None:
+            outv = out
+            if outv.shape[0] < vpn_end - vpn:
+                raise ValueError("out is too short")
+            if vpn_end > vpn:
+                outp = &outv[0]
+        cdef int rc
+        cdef uint64_t* p = &pmds[0]
+        with nogil:
+            rc = self.fault_pmd_range(p, vpn, vpn_end, write, vma_write, value_mode, value,
+                                      outp, <uint16_t>memcg)
+        return rc
+
+    def zap_range(self, uint64_t[::1] pmds, int64_t vpn, int64_t vpn_end):
+        """Zap pages vpn..vpn_end-1 of PTE-table regions (one GiB, PMD array `pmds`); returns
+        FAULT_OK, 1 (stopped at a huge PMD or partly mapped THPs) or -3, with stopped_vpn."""
+        self._check_pmd_range(pmds, vpn, vpn_end)
+        cdef int rc
+        cdef uint64_t* p = &pmds[0]
+        with nogil:
+            rc = self.zap_pmd_range(p, vpn, vpn_end)
+        return rc
 
     def reclaim(self, int64_t tid, int i0, int i1, int64_t want, int memcg=-1):
         """One second-chance pass over PTEs i0..i1-1 (the LRU, approximated by accessed bits):

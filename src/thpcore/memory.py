@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import _engine
 from .huge_memory import (HPAGE_PMD_NR, TVA, alloc_thp, get_huge_zero_folio, map_new_thp,
                           region_in_vma, split_huge_pmd, thp_vma_allowable, vma_thp_gfp_mask,
                           zap_huge_pmd)
 from .mm import (MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, PMD_WRITE,
                  PMD_YOUNG, make_huge_zero_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind,
                  pmd_table_id)
-from .vma import PAGE_SHIFT, PMD_SIZE, VM_WRITE, VMA
+from .vma import PAGE_SHIFT, PMD_SIZE, PUD_SHIFT, VM_WRITE, VMA
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -52,9 +53,10 @@ def _pte_table(machine: "Machine", mm: MM, region: int) -> int:
     entry = mm.get_pmd(region)
     if pmd_kind(entry) == PMD_KIND_TABLE:
         return pmd_table_id(entry)
-    tid = machine.page_tables.new_table()
-    if tid < 0:
-        raise OutOfMemory("no memory for a page table")
+    retries = 0
+    while (tid := machine.page_tables.new_table()) < 0:
+        # The page-table page comes from the same slow path as any page: reclaim, OOM.
+        retries = _fault_failed(machine, mm, -1, retries)
     mm.set_pmd(region, make_table_pmd(tid))
     return tid
 
@@ -147,64 +149,125 @@ def _wp_huge_pmd(machine: "Machine", mm: MM, vma: VMA, region: int) -> bool:
     return False
 
 
+# The engine walks runs of regions that need no kernel-model decision (fault_range/zap_range);
+# False sends every region through the per-region Python path (tests compare the two).
+FAST_RANGE_WALKS = True
+
+
 def handle_mm_fault_range(machine: "Machine", mm: MM, vma: VMA, start: int, end: int,
                           write: bool, value_mode: int, value: int,
                           out: np.ndarray | None) -> None:
     """Touch every page of [start, end) inside vma as one access each (read or write).
     The caller has checked that the VMA permits the access."""
-    pt = machine.page_tables
     vma_write = bool(vma.flags & VM_WRITE)
     memcg = mm.memcg.id
-    for region, lo, hi in mm.regions(start, end):
-        i0, i1 = (lo - region) >> PAGE_SHIFT, (hi - region) >> PAGE_SHIFT
-        vpn0 = lo >> PAGE_SHIFT
-        o = None if out is None else out[(lo - start) >> PAGE_SHIFT:(hi - start) >> PAGE_SHIFT]
-        entry = mm.get_pmd(region)
-        kind = pmd_kind(entry)
-        if entry == 0 and region_in_vma(vma, region) \
-                and thp_vma_allowable(machine, mm, vma, TVA.PAGEFAULT):
-            if _do_huge_pmd_anonymous_page(machine, mm, vma, region, write):
-                entry = mm.get_pmd(region)
-                kind = pmd_kind(entry)
-        if kind == PMD_KIND_HUGE_ZERO:
-            if not write:
-                if o is not None:
-                    o[:] = 0
-                continue
+    # memory.high is enforced after each PTE table's faults (as the per-region path does).
+    fast = FAST_RANGE_WALKS and not machine.cgroups.any_high
+    if write and fast:
+        anon_vma_prepare(machine, vma)          # what the first written page would do
+    pos = start
+    while pos < end:
+        if fast:
+            arr = mm.pmd_dir.get(pos >> PUD_SHIFT)
+            if arr is not None:
+                gend = min(end, ((pos >> PUD_SHIFT) + 1) << PUD_SHIFT)
+                o = None if out is None else out[(pos - start) >> PAGE_SHIFT:(gend - start) >> PAGE_SHIFT]
+                pos = _fault_pmd_range(machine, mm, arr, pos, gend, write, vma_write,
+                                       value_mode, value, o, memcg)
+                if pos == gend:
+                    continue
+        region = pos & ~(PMD_SIZE - 1)
+        hi = min(end, region + PMD_SIZE)
+        o = None if out is None else out[(pos - start) >> PAGE_SHIFT:(hi - start) >> PAGE_SHIFT]
+        _fault_region(machine, mm, vma, region, pos, hi, write, vma_write, value_mode, value,
+                      o, memcg)
+        pos = hi
+
+
+def _fault_pmd_range(machine, mm, arr, lo, hi, write, vma_write, value_mode, value, out,
+                     memcg) -> int:
+    """The engine's walk over [lo, hi) (one GiB); returns where it stopped: hi, or the start
+    of a region that needs _fault_region. Reclaim and OOM kills as in _fault_ptes."""
+    pt = machine.page_tables
+    vpn, vpn_end = lo >> PAGE_SHIFT, hi >> PAGE_SHIFT
+    retries = 0
+    while True:
+        margin = machine.cgroups.margin(mm.memcg)
+        pt.charge_budget = -1 if margin is None else max(margin, 0)
+        pt.reset_stats()
+        rc = pt.fault_range(arr, vpn, vpn_end, write, vma_write, value_mode, value, out, memcg)
+        pt.charge_budget = -1
+        stats = pt.get_stats()
+        _account(machine, mm, stats)
+        _check_kswapd(machine)
+        stopped = stats["stopped_vpn"]
+        if out is not None:
+            out = out[stopped - vpn:]
+        vpn = stopped
+        if rc >= 0:                                     # done, or a region for Python
+            return vpn << PAGE_SHIFT
+        if rc == _engine.PY_FAULT_BAD_PMD:
+            raise RuntimeError(f"corrupt PMD entry at {vpn << PAGE_SHIFT:#x}")
+        retries = _fault_failed(machine, mm, rc, retries)
+
+
+def _fault_region(machine, mm, vma, region, lo, hi, write, vma_write, value_mode, value, o,
+                  memcg) -> None:
+    """One 2 MiB region of a fault: THP at fault, huge zero page, huge PMD write protection,
+    then the PTE level."""
+    pt = machine.page_tables
+    i0, i1 = (lo - region) >> PAGE_SHIFT, (hi - region) >> PAGE_SHIFT
+    vpn0 = lo >> PAGE_SHIFT
+    entry = mm.get_pmd(region)
+    kind = pmd_kind(entry)
+    if entry == 0 and region_in_vma(vma, region) \
+            and thp_vma_allowable(machine, mm, vma, TVA.PAGEFAULT):
+        if _do_huge_pmd_anonymous_page(machine, mm, vma, region, write):
+            entry = mm.get_pmd(region)
+            kind = pmd_kind(entry)
+    if kind == PMD_KIND_HUGE_ZERO:
+        if not write:
+            if o is not None:
+                o[:] = 0
+            return
+        if _wp_huge_pmd(machine, mm, vma, region):
+            entry = mm.get_pmd(region)
+            kind = pmd_kind(entry)
+        else:
+            kind = PMD_KIND_TABLE
+    if kind == PMD_KIND_HUGE:
+        head = pmd_huge_pfn(entry)
+        if write and not entry & PMD_WRITE:
             if _wp_huge_pmd(machine, mm, vma, region):
                 entry = mm.get_pmd(region)
-                kind = pmd_kind(entry)
             else:
                 kind = PMD_KIND_TABLE
         if kind == PMD_KIND_HUGE:
-            head = pmd_huge_pfn(entry)
-            if write and not entry & PMD_WRITE:
-                if _wp_huge_pmd(machine, mm, vma, region):
-                    entry = mm.get_pmd(region)
-                else:
-                    kind = PMD_KIND_TABLE
-            if kind == PMD_KIND_HUGE:
-                if write:
-                    pt.thp_write(head, i0, i1, value_mode, value, vpn0)
-                    mm.set_pmd(region, entry | PMD_YOUNG | PMD_DIRTY)
-                else:
-                    if o is not None:
-                        o[:] = pt.thp_read(head, i0, i1)
-                    mm.set_pmd(region, entry | PMD_YOUNG)
-                continue
-        # The PTE level. Only a write sets up the anon_vma: a read maps the zero page
-        # (do_anonymous_page) and leaves the VMA without one.
-        if write:
-            anon_vma_prepare(machine, vma)
-        tid = _pte_table(machine, mm, region)
-        _fault_ptes(machine, mm, tid, i0, i1, write, vma_write, vpn0, value_mode, value, o, memcg)
+            if write:
+                pt.thp_write(head, i0, i1, value_mode, value, vpn0)
+                mm.set_pmd(region, entry | PMD_YOUNG | PMD_DIRTY)
+            else:
+                if o is not None:
+                    o[:] = pt.thp_read(head, i0, i1)
+                mm.set_pmd(region, entry | PMD_YOUNG)
+            return
+    # The PTE level. Only a write sets up the anon_vma: a read maps the zero page
+    # (do_anonymous_page) and leaves the VMA without one.
+    if write:
+        anon_vma_prepare(machine, vma)
+    tid = _pte_table(machine, mm, region)
+    _fault_ptes(machine, mm, tid, i0, i1, write, vma_write, vpn0, value_mode, value, o, memcg)
+
+
+def _check_kswapd(machine) -> None:
+    zone = machine.page_alloc.zone
+    if zone.nr_free_pages < zone.watermarks()[1] + zone.watermark_boost:
+        machine.wakeup_kswapd()
 
 
 def _fault_ptes(machine, mm, tid, i0, i1, write, vma_write, vpn0, value_mode, value, out, memcg):
     """Fault PTEs i0..i1-1, reclaiming (memcg limit or global) and OOM-killing as needed."""
-    from .vmscan import try_to_free_pages
     pt = machine.page_tables
-    zone = machine.page_alloc.zone
     retries = 0
     while i0 < i1:
         margin = machine.cgroups.margin(mm.memcg)
@@ -214,8 +277,7 @@ def _fault_ptes(machine, mm, tid, i0, i1, write, vma_write, vpn0, value_mode, va
         pt.charge_budget = -1
         stats = pt.get_stats()
         _account(machine, mm, stats)
-        if zone.nr_free_pages < zone.watermarks()[1] + zone.watermark_boost:
-            machine.wakeup_kswapd()
+        _check_kswapd(machine)
         if rc == 0:
             handle_over_high(machine, mm)
             return
@@ -224,22 +286,33 @@ def _fault_ptes(machine, mm, tid, i0, i1, write, vma_write, vpn0, value_mode, va
         if out is not None:
             out = out[done:]
         i0 = stats["stopped_at"]
-        if rc == -2:                                    # over memory.max
-            if machine.cgroups.try_charge(mm.memcg, 1, True):
-                continue
-            limiting = machine.cgroups.over_limit(mm.memcg, 1)
-            limiting.events["oom"] += 1
-            victim = machine.oom_kill(limiting)
-        else:                                           # no free memory: direct reclaim
-            if try_to_free_pages(machine) and retries < 16:
-                retries += 1
-                continue
-            retries = 0
-            victim = machine.oom_kill(None)
-        if victim is None:
-            raise OutOfMemory()
-        if victim.mm is mm:
-            raise OOMKilled(victim.pid)
+        retries = _fault_failed(machine, mm, rc, retries)
+
+
+def _fault_failed(machine, mm, rc: int, retries: int) -> int:
+    """A fault ran out of memory (-1) or memcg charge (-2): reclaim and retry, else OOM-kill.
+    Returns the updated retry count; raises if the faulting task cannot go on."""
+    from .memcontrol import MAX_RECLAIM_RETRIES
+    from .vmscan import try_to_free_pages
+    if rc == -2:                                    # over memory.max
+        if machine.cgroups.try_charge(mm.memcg, 1, True):
+            return retries
+        limiting = machine.cgroups.over_limit(mm.memcg, 1)
+        limiting.events["oom"] += 1
+        victim = machine.oom_kill(limiting)
+    else:
+        # Direct reclaim; __alloc_pages_slowpath's no_progress_loops: progress starts the
+        # count again, the OOM killer comes after MAX_RECLAIM_RETRIES rounds without any.
+        if try_to_free_pages(machine):
+            return 0
+        if retries < MAX_RECLAIM_RETRIES:
+            return retries + 1
+        victim = machine.oom_kill(None)
+    if victim is None:
+        raise OutOfMemory()
+    if victim.mm is mm:
+        raise OOMKilled(victim.pid)
+    return 0
 
 
 def handle_over_high(machine: "Machine", mm: MM) -> None:
@@ -273,26 +346,57 @@ def _account(machine: "Machine", mm: MM, stats: dict) -> None:
 
 def zap_page_range(machine: "Machine", mm: MM, start: int, end: int) -> None:
     """unmap_page_range(): unmap [start, end) (page aligned), splitting huge PMDs it cuts."""
-    pt = machine.page_tables
-    for region, lo, hi in mm.regions(start, end):
-        entry = mm.get_pmd(region)
-        kind = pmd_kind(entry)
-        if entry == 0:
-            continue
-        if kind in (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO):
-            if lo == region and hi == region + PMD_SIZE:
-                zap_huge_pmd(machine, mm, region)
+    pos = start
+    while pos < end:
+        if FAST_RANGE_WALKS:
+            arr = mm.pmd_dir.get(pos >> PUD_SHIFT)
+            gend = min(end, ((pos >> PUD_SHIFT) + 1) << PUD_SHIFT)
+            if arr is None:                         # nothing was ever mapped in this GiB
+                pos = gend
                 continue
-            split_huge_pmd(machine, mm, region)
-            entry = mm.get_pmd(region)
-        tid = pmd_table_id(entry)
-        pt.reset_stats()
-        pt.zap(tid, (lo - region) >> PAGE_SHIFT, (hi - region) >> PAGE_SHIFT)
-        stats = pt.get_stats()
-        mm.anon_rss -= stats["rss_removed"]
-        mm.swap_ents -= stats["swap_ptes_zapped"]
-        for head in pt.partial_heads():
-            machine.folio_partially_mapped(int(head))
+            pos = _zap_pmd_range(machine, mm, arr, pos, gend)
+            if pos == gend:
+                continue
+        region = pos & ~(PMD_SIZE - 1)
+        hi = min(end, region + PMD_SIZE)
+        _zap_region(machine, mm, region, pos, hi)
+        pos = hi
+
+
+def _zap_pmd_range(machine, mm, arr, lo, hi) -> int:
+    pt = machine.page_tables
+    pt.reset_stats()
+    rc = pt.zap_range(arr, lo >> PAGE_SHIFT, hi >> PAGE_SHIFT)
+    stats = pt.get_stats()
+    _account_zap(machine, mm, stats)
+    if rc == _engine.PY_FAULT_BAD_PMD:
+        raise RuntimeError(f"corrupt PMD entry at {stats['stopped_vpn'] << PAGE_SHIFT:#x}")
+    return stats["stopped_vpn"] << PAGE_SHIFT
+
+
+def _zap_region(machine, mm, region, lo, hi) -> None:
+    pt = machine.page_tables
+    entry = mm.get_pmd(region)
+    kind = pmd_kind(entry)
+    if entry == 0:
+        return
+    if kind in (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO):
+        if lo == region and hi == region + PMD_SIZE:
+            zap_huge_pmd(machine, mm, region)
+            return
+        split_huge_pmd(machine, mm, region)
+        entry = mm.get_pmd(region)
+    tid = pmd_table_id(entry)
+    pt.reset_stats()
+    pt.zap(tid, (lo - region) >> PAGE_SHIFT, (hi - region) >> PAGE_SHIFT)
+    _account_zap(machine, mm, pt.get_stats())
+
+
+def _account_zap(machine, mm, stats) -> None:
+    mm.anon_rss -= stats["rss_removed"]
+    mm.swap_ents -= stats["swap_ptes_zapped"]
+    for head in machine.page_tables.partial_heads():
+        machine.folio_partially_mapped(int(head))
 
 
 def free_pgtables(machine: "Machine", mm: MM, start: int, end: int) -> None:
