@@ -14,7 +14,7 @@ from .huge_memory import (HPAGE_PMD_NR, TVA, alloc_thp, get_huge_zero_folio, map
 from .mm import (MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, PMD_WRITE,
                  PMD_YOUNG, make_huge_zero_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind,
                  pmd_table_id)
-from .vma import PAGE_SHIFT, PMD_SIZE, PUD_SHIFT, VM_WRITE, VMA
+from .vma import PAGE_SHIFT, PMD_SHIFT, PMD_SIZE, PUD_SHIFT, VM_WRITE, VMA
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -169,7 +169,8 @@ def handle_mm_fault_range(machine: "Machine", mm: MM, vma: VMA, start: int, end:
     while pos < end:
         if fast:
             arr = mm.pmd_dir.get(pos >> PUD_SHIFT)
-            if arr is not None:
+            # Peek at the first region: fresh memory (a none PMD) goes straight to Python.
+            if arr is not None and _walkable(int(arr[(pos >> PMD_SHIFT) & 511]), write):
                 gend = min(end, ((pos >> PUD_SHIFT) + 1) << PUD_SHIFT)
                 o = None if out is None else out[(pos - start) >> PAGE_SHIFT:(gend - start) >> PAGE_SHIFT]
                 pos = _fault_pmd_range(machine, mm, arr, pos, gend, write, vma_write,
@@ -182,6 +183,16 @@ def handle_mm_fault_range(machine: "Machine", mm: MM, vma: VMA, start: int, end:
         _fault_region(machine, mm, vma, region, pos, hi, write, vma_write, value_mode, value,
                       o, memcg)
         pos = hi
+
+
+def _walkable(entry: int, write: bool) -> bool:
+    """Whether the engine's walk can take a region with this PMD entry."""
+    kind = pmd_kind(entry)
+    if kind == PMD_KIND_TABLE:
+        return True
+    if kind == PMD_KIND_HUGE:
+        return not write or bool(entry & PMD_WRITE)
+    return kind == PMD_KIND_HUGE_ZERO and not write
 
 
 def _fault_pmd_range(machine, mm, arr, lo, hi, write, vma_write, value_mode, value, out,
