@@ -17,7 +17,9 @@ def test_frame_table_is_twelve_bytes_a_frame():
     frames = z.frames()
     per_frame = sum(a.itemsize for name, a in frames.items() if name != "pageblock_mt")
     assert per_frame == 12
-    assert z.nbytes == 12 * z.nr_pages + z.nr_pageblocks
+    # plus the lazyfree bitmap: one bit a frame
+    assert z.nbytes == 12 * z.nr_pages + z.nr_pages // 8 + z.nr_pageblocks
+    assert z.lazyfree_bits().nbytes == z.nr_pages // 8
 
 
 def test_frame_views_are_read_only():

@@ -19,7 +19,8 @@ ADVICE = [MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTNEED, MADV_COLD, MADV_PAGEOUT
 
 class ProcessMachine(RuleBasedStateMachine):
     """The model: for each live process, {page address: content word} of every page that holds
-    data (absent = zeroes), and the set of mapped pages with their protection."""
+    data (absent = zeroes), and the pages MADV_FREE made lazyfree and nothing wrote since (they
+    read as their content or, once reclaim discarded them, as zeroes)."""
 
     @initialize(enabled=st.sampled_from(["always", "madvise", "never"]),
                 zero=st.booleans(), blockdev=st.booleans())
@@ -30,6 +31,7 @@ class ProcessMachine(RuleBasedStateMachine):
         self.m.thp.use_zero_page = int(zero)
         self.procs = {}
         self.content = {}
+        self.lazy = {}           # pid -> addresses of lazyfree pages
         self.areas = {}          # pid -> list of (addr, length)
         self._spawn()
 
@@ -37,6 +39,7 @@ class ProcessMachine(RuleBasedStateMachine):
         p = self.m.spawn()
         self.procs[p.pid] = p
         self.content[p.pid] = {}
+        self.lazy[p.pid] = set()
         self.areas[p.pid] = []
         return p
 
@@ -74,6 +77,7 @@ class ProcessMachine(RuleBasedStateMachine):
             return          # mprotect'ed or unmapped part: nothing changed
         words = p.read(addr, length) if value is None else None
         for i in range(length // PAGE):
+            self.lazy[p.pid].discard(addr + i * PAGE)
             w = value if value is not None else int(words[i])
             if w:
                 self.content[p.pid][addr + i * PAGE] = w
@@ -92,7 +96,10 @@ class ProcessMachine(RuleBasedStateMachine):
         except SegmentationFault:
             return
         for i in range(length // PAGE):
-            assert int(words[i]) == self.content[p.pid].get(addr + i * PAGE, 0), hex(addr + i * PAGE)
+            a = addr + i * PAGE
+            if a in self.lazy[p.pid] and int(words[i]) == 0:
+                self.content[p.pid].pop(a, None)        # discarded by reclaim
+            assert int(words[i]) == self.content[p.pid].get(a, 0), hex(a)
 
     @precondition(lambda self: any(self.areas.values()))
     @rule(data=st.data(), advice=st.sampled_from(ADVICE))
@@ -105,6 +112,8 @@ class ProcessMachine(RuleBasedStateMachine):
             p.madvise(addr, length, advice)
         except OSError as e:
             assert e.errno in (errno.ENOMEM, errno.EINVAL, errno.EAGAIN, errno.EBUSY)
+        if advice == MADV_FREE:
+            self.lazy[p.pid].update(range(addr, addr + length, PAGE))
         if advice == MADV_DONTNEED:
             for a in range(addr, addr + length, PAGE):
                 if p.mm.vmas.find(a) is not None and not p.mm.vmas.find(a).flags & 0x2000:
@@ -132,6 +141,7 @@ class ProcessMachine(RuleBasedStateMachine):
         p.munmap(addr, length)
         for a in range(addr, addr + length, PAGE):
             self.content[p.pid].pop(a, None)
+            self.lazy[p.pid].discard(a)
 
     @precondition(lambda self: len(self.procs) < 4)
     @rule(data=st.data())
@@ -140,6 +150,7 @@ class ProcessMachine(RuleBasedStateMachine):
         c = p.fork()
         self.procs[c.pid] = c
         self.content[c.pid] = dict(self.content[p.pid])
+        self.lazy[c.pid] = set(self.lazy[p.pid])
         self.areas[c.pid] = list(self.areas[p.pid])
 
     @rule(ms=st.sampled_from([0, 10, 1000]), none=st.sampled_from([0, 64, 511]))
@@ -162,7 +173,7 @@ class ProcessMachine(RuleBasedStateMachine):
     def exit(self, data):
         p = self._pick(data)
         p.exit()
-        del self.procs[p.pid], self.content[p.pid], self.areas[p.pid]
+        del self.procs[p.pid], self.content[p.pid], self.areas[p.pid], self.lazy[p.pid]
 
     @invariant()
     def consistent(self):

@@ -94,7 +94,7 @@ cdef class Zone:
     cdef readonly int64_t nr_pages          # managed == present == spanned; multiple of PAGEBLOCK_NR_PAGES
     cdef readonly int64_t nr_pageblocks     # nr_pages / PAGEBLOCK_NR_PAGES
 
-    # --- frame table: struct of arrays, one entry per 4 KiB frame (12 bytes a frame) ---------
+    # --- frame table: struct of arrays, one entry per 4 KiB frame (12 bytes + 1 bit a frame) -
     cdef uint8_t[::1] flags         # PG_* bits
     cdef uint8_t[::1] order         # block order at heads (PG_buddy or PG_head); 0 elsewhere
     cdef uint16_t[::1] memcg        # memcg id charged for an allocated user frame; 0 = root/none
@@ -103,6 +103,10 @@ cdef class Zone:
     cdef uint32_t[::1] content      # allocated frames: the content word (0 = all zeroes).
                                     # free heads: the next block on the free list (PFN_NONE ends it)
     cdef uint32_t[::1] prev         # the same memory as mapcount, read as the list's back link
+    cdef uint8_t[::1] lazyfree      # bitmap, bit pfn: MADV_FREE made the page lazyfree (the
+                                    # kernel's !PG_swapbacked anon folio) and reclaim has not
+                                    # found it re-dirtied since; meaningful only on allocated
+                                    # user frames (prep_new_page clears it; compaction moves it)
 
     # --- pageblocks --------------------------------------------------------------------------
     cdef uint8_t[::1] pageblock_mt  # migratetype of each pageblock (MIGRATE_*)
@@ -147,6 +151,8 @@ cdef class Zone:
     cdef bint zone_watermark_ok(self, int order, int64_t mark) noexcept nogil
     cdef int64_t get_page_from_freelist(self, int order, int mt, int alloc_flags) noexcept nogil
     cdef void prep_new_page(self, uint32_t pfn, int order, uint8_t page_flags) noexcept nogil
+    cdef bint test_lazyfree(self, uint32_t pfn) noexcept nogil
+    cdef void set_lazyfree(self, uint32_t pfn, bint on) noexcept nogil
     cdef void free_one_page(self, uint32_t pfn, int order, int mt, bint fpi_to_tail) noexcept nogil
     cdef void free_pages(self, uint32_t pfn, int order) noexcept nogil
     cdef void free_order0_runs(self, uint32_t* pfns, int n) noexcept nogil
@@ -230,6 +236,8 @@ cdef struct FaultStats:
     int64_t stopped_at              # PTE index where a fault stopped early (FAULT_OOM/CHARGE)
     int64_t stopped_vpn             # page where a *_pmd_range walk stopped (end when it did not)
     int64_t young_cleared           # accessed bits cleared by a reclaim scan
+    int64_t lazyfree_marked         # pages MADV_FREE made lazyfree (pglazyfree)
+    int64_t lazyfreed               # clean lazyfree pages reclaim discarded (pglazyfreed)
 
 
 # Collapse scan results (enum scan_result, 6.10-6.17 order; symbols, not ABI).
@@ -349,10 +357,13 @@ cdef class PageTables:
     cdef int _check_pmd_range(self, uint64_t[::1] pmds, int64_t vpn, int64_t vpn_end) except -1
     cdef int64_t swap_alloc_slot(self) noexcept nogil
     cdef int64_t swap_alloc_cluster(self) noexcept nogil
-    cdef void pageout_pte_range(self, int64_t tid, int i0, int i1) noexcept nogil
+    cdef void pageout_pte_range(self, int64_t tid, int i0, int i1, bint can_swap) noexcept nogil
+    cdef int reclaim_lazyfree_pte(self, int64_t idx, uint32_t pte) noexcept nogil
+    cdef void madvise_free_pte_range(self, int64_t tid, int i0, int i1) noexcept nogil
     cdef bint swappable(self, uint32_t pfn) noexcept nogil
     cdef bint swap_out_pte(self, int64_t idx, uint32_t pfn) noexcept nogil
-    cdef int64_t reclaim_pte_range(self, int64_t tid, int i0, int i1, int64_t want, uint16_t memcg, bint any_memcg) noexcept nogil
+    cdef int64_t reclaim_pte_range(self, int64_t tid, int i0, int i1, int64_t want, uint16_t memcg, bint any_memcg,
+                                   bint can_swap) noexcept nogil
     cdef ScanCounts scan
     cdef int scan_pte_table(self, int64_t tid, bint is_khugepaged, int max_none, int max_swap,
                             int max_shared, bint require_writable) noexcept nogil

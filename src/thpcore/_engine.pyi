@@ -109,6 +109,8 @@ class FaultStats(TypedDict):
     stopped_at: int
     stopped_vpn: int
     young_cleared: int
+    lazyfree_marked: int
+    lazyfreed: int
 
 @type_check_only
 class ScanCounts(TypedDict):
@@ -198,6 +200,12 @@ class Zone:
         """Pageblocks per migratetype, shape (5,)."""
     def frames(self) -> dict[str, np.ndarray]:
         """Read-only views: flags, order, memcg, mapcount, content, pageblock_mt."""
+    def lazyfree_bits(self) -> npt.NDArray[np.uint8]:
+        """Read-only view of the lazyfree bitmap (bit pfn & 7 of byte pfn >> 3)."""
+    def lazyfree_mask(self, pfns: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        """Per pfn: lazyfree (MADV_FREE, not yet found re-dirtied by reclaim)?"""
+    def set_lazyfree_range(self, pfn: int, n: int, on: bool) -> None:
+        """Mark or clear frames pfn..pfn+n-1 lazyfree (a whole folio at a time)."""
     def counters(self) -> ZoneCounters:
         """Scalar state (free-list bookkeeping and events), for hashing and vmstat."""
     def memcg_usage(self) -> npt.NDArray[np.int64]:
@@ -270,10 +278,16 @@ class PageTables:
     def zap_range(self, pmds: npt.NDArray[np.uint64], vpn: int, vpn_end: int) -> int:
         """Zap pages vpn..vpn_end-1 of PTE-table regions of one GiB: 0, 1 (a huge PMD or partly
         mapped THPs to queue) or -3, stopping at get_stats().stopped_vpn."""
-    def reclaim(self, tid: int, i0: int, i1: int, want: int, memcg: int = -1) -> int:
-        """One second-chance pass over PTEs i0..i1-1 swapping out old pages; pages reclaimed."""
-    def pageout(self, tid: int, i0: int, i1: int) -> None:
-        """Swap out the exclusive order-0 pages mapped by PTEs i0..i1-1."""
+    def reclaim(self, tid: int, i0: int, i1: int, want: int, memcg: int = -1,
+                can_swap: bool = True) -> int:
+        """One second-chance pass over PTEs i0..i1-1: old clean lazyfree pages are discarded,
+        other old pages swapped out (can_swap); pages freed."""
+    def pageout(self, tid: int, i0: int, i1: int, can_swap: bool = True) -> None:
+        """Reclaim the exclusive order-0 pages mapped by PTEs i0..i1-1: clean lazyfree pages
+        are discarded, re-dirtied ones kept, the rest swapped out (can_swap)."""
+    def madvise_free(self, tid: int, i0: int, i1: int) -> None:
+        """MADV_FREE over PTEs i0..i1-1: swap entries dropped, exclusive pages made old, clean
+        and lazyfree (stats lazyfree_marked, swap_ptes_zapped)."""
     def swap_out_thp(self, tid: int, head: int) -> int:
         """Swap out a PTE-mapped exclusive THP into one free cluster; its first slot, or -1."""
     def split_folio(self, head: int) -> int:

@@ -78,6 +78,7 @@ cdef class Zone:
         self.mapcount = mapcount
         self.prev = mapcount.view(np.uint32)
         self.content = np.zeros(nr_pages, dtype=np.uint32)
+        self.lazyfree = np.zeros((nr_pages + 7) // 8, dtype=np.uint8)
         # memmap_init_range() marks every pageblock movable before the boot frees.
         self.pageblock_mt = np.full(self.nr_pageblocks, MIGRATE_MOVABLE, dtype=np.uint8)
         cdef int mt, o
@@ -374,8 +375,22 @@ cdef class Zone:
                 continue
             return -1
 
+    cdef bint test_lazyfree(self, uint32_t pfn) noexcept nogil:
+        return (self.lazyfree[pfn >> 3] >> (pfn & 7)) & 1
+
+    cdef void set_lazyfree(self, uint32_t pfn, bint on) noexcept nogil:
+        if on:
+            self.lazyfree[pfn >> 3] |= <uint8_t>(1 << (pfn & 7))
+        else:
+            self.lazyfree[pfn >> 3] &= <uint8_t>~(1 << (pfn & 7))
+
     cdef void prep_new_page(self, uint32_t pfn, int order, uint8_t page_flags) noexcept nogil:
-        cdef int64_t n = <int64_t>1 << order
+        cdef int64_t n = <int64_t>1 << order, i
+        if order < 3:
+            for i in range(n):
+                self.set_lazyfree(<uint32_t>(pfn + i), False)
+        else:
+            memset(&self.lazyfree[pfn >> 3], 0, n >> 3)
         if order == 0:
             self.flags[pfn] = PG_head | page_flags
             self.order[pfn] = 0
@@ -733,6 +748,28 @@ cdef class Zone:
             out[name] = arr
         return out
 
+    def lazyfree_bits(self):
+        """Read-only view of the lazyfree bitmap (bit pfn of byte pfn >> 3, little-endian)."""
+        arr = np.asarray(self.lazyfree).view()
+        arr.flags.writeable = False
+        return arr
+
+    def lazyfree_mask(self, pfns):
+        """bool per pfn: is the page lazyfree (MADV_FREE, not yet found re-dirtied)?"""
+        p = np.asarray(pfns, dtype=np.int64)
+        if p.size and (p.min() < 0 or p.max() >= self.nr_pages):
+            raise ValueError("pfn outside the zone")
+        bits = np.asarray(self.lazyfree)
+        return ((bits[p >> 3] >> (p & 7).astype(np.uint8)) & 1).astype(bool)
+
+    def set_lazyfree_range(self, int64_t pfn, int64_t n, bint on):
+        """Mark (or clear) frames pfn..pfn+n-1 lazyfree: a whole folio at a time."""
+        if n < 0 or pfn < 0 or pfn + n > self.nr_pages:
+            raise ValueError("frame range outside the zone")
+        cdef int64_t i
+        for i in range(pfn, pfn + n):
+            self.set_lazyfree(<uint32_t>i, on)
+
     def counters(self):
         """Scalar state (free-list bookkeeping and events), for hashing and vmstat."""
         return {
@@ -764,7 +801,7 @@ cdef class Zone:
     @property
     def nbytes(self):
         """Bytes of RAM held by the frame table and pageblock array."""
-        return (self.nr_pages * (1 + 1 + 2 + 4 + 4)) + self.nr_pageblocks
+        return (self.nr_pages * (1 + 1 + 2 + 4 + 4)) + self.lazyfree.shape[0] + self.nr_pageblocks
 
 
 # ================================================================================================
@@ -1088,10 +1125,14 @@ cdef class PageTables:
         return -1
 
     cdef int64_t reclaim_pte_range(self, int64_t tid, int i0, int i1, int64_t want, uint16_t memcg,
-                                   bint any_memcg) noexcept nogil:
+                                   bint any_memcg, bint can_swap) noexcept nogil:
+        """A second-chance pass: young pages lose the bit; old exclusive order-0 pages are
+        discarded if lazyfree and clean, else swapped out (only with can_swap: without swap
+        the anon LRU is not scanned, lazyfree pages sit on the file LRU and still are)."""
         cdef int64_t base = tid * PTRS_PER_PTE, got = 0
         cdef uint32_t pte, pfn
-        cdef int i
+        cdef int i, rc
+        cdef bint lazy
         for i in range(i0, i1):
             if got >= want:
                 break
@@ -1101,16 +1142,61 @@ cdef class PageTables:
             pfn = pte >> PTE_PFN_SHIFT
             if not any_memcg and self.zone.memcg[pfn] != memcg:
                 continue
+            lazy = self.zone.test_lazyfree(pfn)
+            if not lazy and not can_swap:
+                continue
             if pte & PTE_YOUNG:
                 self.ptes[base + i] = pte & ~(<uint32_t>PTE_YOUNG)
                 self.stats.young_cleared += 1
                 continue
             if not self.swappable(pfn):
                 continue
+            if lazy:
+                got += self.reclaim_lazyfree_pte(base + i, pte)
+                continue
             if not self.swap_out_pte(base + i, pfn):
                 break
             got += 1
         return got
+
+    cdef int reclaim_lazyfree_pte(self, int64_t idx, uint32_t pte) noexcept nogil:
+        """try_to_unmap_one() of a lazyfree page: discarded if clean (1), made swap-backed
+        again and kept if written since MADV_FREE (0)."""
+        cdef uint32_t pfn = pte >> PTE_PFN_SHIFT
+        if pte & PTE_DIRTY:
+            self.zone.set_lazyfree(pfn, False)
+            return 0
+        self.ptes[idx] = 0
+        self.stats.rss_removed += 1
+        self.stats.lazyfreed += 1
+        self.put_user_frame(pfn)
+        return 1
+
+    cdef void madvise_free_pte_range(self, int64_t tid, int i0, int i1) noexcept nogil:
+        """madvise_free_pte_range(): swap entries are dropped; exclusively mapped pages become
+        old, clean and lazyfree (large folios the range only partly covers were split first)."""
+        cdef int64_t base = tid * PTRS_PER_PTE
+        cdef uint32_t pte, pfn, slot
+        cdef int i
+        for i in range(i0, i1):
+            pte = self.ptes[base + i]
+            if (pte & 0xF) == PTE_KIND_SWAP:
+                slot = pte >> PTE_PFN_SHIFT
+                self.ptes[base + i] = 0
+                self.stats.swap_ptes_zapped += 1
+                self.swap_map[slot] -= 1
+                if self.swap_map[slot] == 0:
+                    self.swap_used -= 1
+                    self.stats.swap_freed += 1
+                continue
+            if not (pte & PTE_PRESENT):
+                continue
+            pfn = pte >> PTE_PFN_SHIFT
+            if self.zone.mapcount[pfn] != 1:
+                continue                        # maybe mapped shared: skipped
+            self.ptes[base + i] = pte & ~(<uint32_t>(PTE_YOUNG | PTE_DIRTY))
+            self.zone.set_lazyfree(pfn, True)
+            self.stats.lazyfree_marked += 1
 
     cdef bint swappable(self, uint32_t pfn) noexcept nogil:
         """An exclusive order-0 page: what these paths swap out."""
@@ -1132,8 +1218,9 @@ cdef class PageTables:
         self.put_user_frame(pfn)
         return True
 
-    cdef void pageout_pte_range(self, int64_t tid, int i0, int i1) noexcept nogil:
-        """Reclaim the exclusive order-0 pages mapped by PTEs i0..i1-1 to swap."""
+    cdef void pageout_pte_range(self, int64_t tid, int i0, int i1, bint can_swap) noexcept nogil:
+        """Reclaim the exclusive order-0 pages mapped by PTEs i0..i1-1: lazyfree ones are
+        discarded (or kept if re-dirtied), others go to swap when there is swap."""
         cdef int64_t base = tid * PTRS_PER_PTE
         cdef uint32_t pte, pfn
         cdef int i
@@ -1142,8 +1229,12 @@ cdef class PageTables:
             if not (pte & PTE_PRESENT):
                 continue
             pfn = pte >> PTE_PFN_SHIFT
-            if self.swappable(pfn) and not self.swap_out_pte(base + i, pfn):
-                return
+            if not self.swappable(pfn):
+                continue
+            if self.zone.test_lazyfree(pfn):
+                self.reclaim_lazyfree_pte(base + i, pte)
+            elif can_swap and not self.swap_out_pte(base + i, pfn):
+                can_swap = False                # the device is full: lazyfree pages still go
 
     cdef int scan_pte_table(self, int64_t tid, bint is_khugepaged, int max_none, int max_swap,
                             int max_shared, bint require_writable) noexcept nogil:
@@ -1411,24 +1502,33 @@ cdef class PageTables:
             rc = self.zap_pmd_range(p, vpn, vpn_end)
         return rc
 
-    def reclaim(self, int64_t tid, int i0, int i1, int64_t want, int memcg=-1):
+    def reclaim(self, int64_t tid, int i0, int i1, int64_t want, int memcg=-1, bint can_swap=True):
         """One second-chance pass over PTEs i0..i1-1 (the LRU, approximated by accessed bits):
         a young page loses its accessed bit, an old exclusive order-0 page (of `memcg`, or any
-        with -1) is swapped out. Stops after `want` pages. Returns the pages reclaimed."""
+        with -1) is discarded if lazyfree and clean, else swapped out (can_swap: without swap
+        only lazyfree pages are looked at). Stops after `want` pages; returns the pages freed."""
         self._check_tid(tid)
         if not 0 <= i0 <= i1 <= PTRS_PER_PTE:
             raise ValueError("PTE index range outside a table")
         cdef int64_t got
         with nogil:
-            got = self.reclaim_pte_range(tid, i0, i1, want, <uint16_t>max(memcg, 0), memcg < 0)
+            got = self.reclaim_pte_range(tid, i0, i1, want, <uint16_t>max(memcg, 0), memcg < 0,
+                                         can_swap)
         return got
 
-    def pageout(self, int64_t tid, int i0, int i1):
+    def pageout(self, int64_t tid, int i0, int i1, bint can_swap=True):
         self._check_tid(tid)
         if not 0 <= i0 <= i1 <= PTRS_PER_PTE:
             raise ValueError("PTE index range outside a table")
         with nogil:
-            self.pageout_pte_range(tid, i0, i1)
+            self.pageout_pte_range(tid, i0, i1, can_swap)
+
+    def madvise_free(self, int64_t tid, int i0, int i1):
+        self._check_tid(tid)
+        if not 0 <= i0 <= i1 <= PTRS_PER_PTE:
+            raise ValueError("PTE index range outside a table")
+        with nogil:
+            self.madvise_free_pte_range(tid, i0, i1)
 
     def swap_out_thp(self, int64_t tid, uint32_t head):
         """Swap out an exclusively mapped THP whose PMD was split into table tid (which maps
@@ -1842,6 +1942,7 @@ cdef class PageTables:
                     z.content[newpfn] = z.content[p]
                     z.mapcount[newpfn] = z.mapcount[p]
                     z.memcg[newpfn] = z.memcg[p]
+                    z.set_lazyfree(newpfn, z.test_lazyfree(<uint32_t>p))
                     if f & PG_lru:
                         z.memcg_pages[z.memcg[p]] += 1      # free_pages(p) uncharges the old one
                     for j in range(offs[p - wlo], offs[p - wlo + 1]):

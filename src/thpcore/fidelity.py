@@ -13,12 +13,13 @@ import time
 
 import thpcore
 from thpcore import live
-from thpcore.constants import (MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_HUGEPAGE,
+from thpcore.constants import (MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE,
                                MADV_NOHUGEPAGE, MADV_PAGEOUT, PROT_READ, PROT_WRITE)
 
 MB = 1 << 20
 HP = 2 * MB
 THP = "/sys/kernel/mm/transparent_hugepage"
+SMAPS_KEYS = ("Rss", "AnonHugePages", "Swap")
 
 
 def available() -> str | None:
@@ -58,9 +59,9 @@ class Live:
     def read(self, r, off, length):
         return list(r.read(off, length))
 
-    def smaps(self, r):
+    def smaps(self, r, keys=SMAPS_KEYS):
         s = r.smaps(partial="include")
-        return {k: s.get(k, 0) for k in ("Rss", "AnonHugePages", "Swap")}
+        return {k: s.get(k, 0) for k in keys}
 
     def vmstat(self):
         return live.vmstat()
@@ -119,8 +120,8 @@ class Sim:
     def read(self, r, off, length):
         return [int(x) for x in r.p.read(r.addr + off, length)]
 
-    def smaps(self, r):
-        out = {"Rss": 0, "AnonHugePages": 0, "Swap": 0}
+    def smaps(self, r, keys=SMAPS_KEYS):
+        out = dict.fromkeys(keys, 0)
         for e in r.p.smaps():
             if e["end"] > r.addr and e["start"] < r.addr + r.length:
                 for k in out:
@@ -243,6 +244,45 @@ def _pageout(thp):
         d = delta(v0, b.vmstat(), ["pswpout", "thp_swpout", "thp_swpout_fallback", "thp_split_page"])
         return rc, out, d, set(b.read(r, 0, HP)), b.smaps(r)
     return scenario
+
+
+# MADV_FREE. The live kernel counts pglazyfree when its per-CPU lazyfree batch (31 folios)
+# drains, so a scenario reads LazyFree and pglazyfree only after a reclaim (which drains).
+LAZY_EVENTS = ["pglazyfree", "pglazyfreed", "pswpout", "thp_split_pmd", "thp_split_page"]
+
+
+def _free_then_pageout(thp):
+    """MADV_FREE 4 MiB, write one page again, MADV_PAGEOUT (no swap): clean lazyfree pages
+    (and the clean THP) are discarded, the written page (its whole THP) stays."""
+    def scenario(b):
+        r = b.region(4 * MB)
+        b.madvise(r, 0, 4 * MB, MADV_HUGEPAGE if thp else MADV_NOHUGEPAGE)
+        b.write(r, 0, 4 * MB, value=1)
+        v0 = b.vmstat()
+        rc = b.madvise(r, 0, 4 * MB, MADV_FREE)
+        b.write(r, 2 * MB + 4096, 4096, value=5)
+        rc2 = b.madvise(r, 0, 4 * MB, MADV_PAGEOUT)
+        d = delta(v0, b.vmstat(), LAZY_EVENTS)
+        values = b.read(r, 0, 4 * MB)
+        return (rc, rc2, d, b.smaps(r, SMAPS_KEYS + ("LazyFree",)),
+                sum(1 for v in values if v), values[512 + 1])
+    return scenario
+
+
+def _free_drops_swap(b):
+    """MADV_FREE over swapped-out pages frees their swap entries: they read back as zeroes."""
+    r = b.region(4 * MB)
+    b.madvise(r, 0, 4 * MB, MADV_NOHUGEPAGE)
+    b.write(r, 0, 4 * MB, value=3)
+    b.madvise(r, 0, 2 * MB, MADV_PAGEOUT)
+    before = b.smaps(r)
+    v0 = b.vmstat()
+    rc = b.madvise(r, 0, 4 * MB, MADV_FREE)
+    after = b.smaps(r)                           # Rss and Swap: no LazyFree before a drain
+    rc2 = b.madvise(r, 0, 4 * MB, MADV_PAGEOUT)  # drains; discards every clean lazyfree page
+    d = delta(v0, b.vmstat(), LAZY_EVENTS)
+    return rc, rc2, before, after, d, b.smaps(r, SMAPS_KEYS + ("LazyFree",)), \
+        sum(1 for v in b.read(r, 0, 4 * MB) if v)
 
 
 def _madvise_errno(b):
@@ -402,6 +442,11 @@ def _suite():
     out.append(("fork + COW write", _fork_cow, {"enabled": "madvise"}))
     for thp in (False, True):
         out.append((f"pageout + reread thp={thp}", _pageout(thp), {"enabled": "madvise", "swap": True}))
+    for thp in (False, True):
+        out.append((f"MADV_FREE + rewrite + PAGEOUT thp={thp}", _free_then_pageout(thp),
+                     {"enabled": "madvise"}))
+    out.append(("MADV_FREE drops swap entries", _free_drops_swap,
+                {"enabled": "madvise", "swap": True}))
     out.append(("madvise errno", _madvise_errno, {"enabled": "madvise"}))
     out.append(("partial COLD remaps zero subpages", _cold_zero_remap, {"enabled": "madvise"}))
     for setup in COLLAPSE_SETUPS:

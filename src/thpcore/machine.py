@@ -30,7 +30,7 @@ MAX_MEMORY = 1 << 40
 MAX_SWAP = (1 << 40) - PAGE_SIZE
 
 # The vmstat events the simulator counts so far (all start at 0, as after boot).
-EVENTS = ("pswpout", "pglazyfree", "thp_fault_alloc", "thp_fault_fallback",
+EVENTS = ("pswpout", "pglazyfree", "pglazyfreed", "thp_fault_alloc", "thp_fault_fallback",
           "thp_fault_fallback_charge", "thp_split_page", "thp_split_page_failed",
           "thp_deferred_split_page", "thp_split_pmd", "thp_zero_page_alloc",
           "thp_zero_page_alloc_failed", "thp_swpout", "thp_swpout_fallback",
@@ -478,6 +478,16 @@ class Machine:
             raise InvariantError(f"memcg {cid}: {usage[cid]} pages charged, {charged[cid]} held")
         if pmd_counts != self.thp_pmd_mappings:
             raise InvariantError("PMD-mapped THP bookkeeping disagrees with the page tables")
+        # A lazyfree mark on a mapped frame belongs to an anonymous (LRU) page.
+        bits = zone.lazyfree_bits()
+        nz = np.flatnonzero(bits)
+        on = np.unpackbits(bits[nz][:, None], axis=1, bitorder="little").astype(bool)
+        pfns = ((nz[:, None] << 3) + np.arange(8))[on]
+        fl = f["flags"][pfns]
+        allocated = (fl & (_engine.PY_PG_HEAD | _engine.PY_PG_TAIL)) != 0   # mapcount is a link
+        bad = pfns[allocated & (f["mapcount"][pfns] > 0) & ((fl & _engine.PY_PG_LRU) == 0)]
+        if bad.size:
+            raise InvariantError(f"lazyfree mark on mapped non-LRU frame {int(bad[0])}")
 
     def state_hash(self) -> str:
         """A digest of the whole simulated state; equal seeds and operations give equal hashes."""
@@ -487,6 +497,7 @@ class Machine:
             h.update(name.encode())
             h.update(np.ascontiguousarray(arr).tobytes())
         h.update(zone.free_area().tobytes())
+        h.update(np.ascontiguousarray(zone.lazyfree_bits()).tobytes())
         for mt in range(5):
             h.update(np.asarray(zone.free_list(mt, 0)[:64], dtype=np.int64).tobytes())
         from .mm import PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, pmd_kind, pmd_table_id

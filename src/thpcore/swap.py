@@ -37,6 +37,30 @@ def _split_thps_in_table(machine: "Machine", tid: int, i0: int, i1: int) -> None
         machine.split_folio(int(head))
 
 
+def reclaim_lazyfree_thp(machine: "Machine", mm: MM, region: int) -> bool:
+    """try_to_unmap() of a PMD-mapped lazyfree THP (6.18: the PMD is split first). Clean, it
+    is discarded (pglazyfreed); written since MADV_FREE, it becomes swap-backed again and
+    stays, mapped by PTEs. True if it was discarded."""
+    entry = mm.get_pmd(region)
+    head = pmd_huge_pfn(entry)
+    split_huge_pmd(machine, mm, region)
+    if entry & PMD_DIRTY:
+        machine.page_alloc.zone.set_lazyfree_range(head, HPAGE_PMD_NR, False)
+        return False
+    pt = machine.page_tables
+    pt.reset_stats()
+    pt.zap(pmd_table_id(mm.get_pmd(region)), 0, HPAGE_PMD_NR)
+    stats = pt.get_stats()
+    mm.anon_rss -= stats["rss_removed"]
+    machine.count("pglazyfreed", stats["rss_removed"])
+    machine.thp_folio_freed(head)
+    return True
+
+
+def _is_lazyfree_thp(machine: "Machine", head: int) -> bool:
+    return bool(machine.page_alloc.zone.lazyfree_mask([head])[0])
+
+
 def madvise_cold_or_pageout(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int,
                             pageout: bool) -> None:
     pt = machine.page_tables
@@ -58,7 +82,13 @@ def madvise_cold_or_pageout(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: i
                 if not _thp_exclusive(machine, head):
                     continue                             # maybe mapped shared: skipped
                 mm.set_pmd(region, entry & ~PMD_YOUNG)
-                if not pageout or not can_swap:
+                if not pageout:
+                    continue
+                if _is_lazyfree_thp(machine, head):
+                    # reclaim_pages(): a lazyfree THP needs no swap to go.
+                    reclaim_lazyfree_thp(machine, mm, region)
+                    continue
+                if not can_swap:
                     continue
                 split_huge_pmd(machine, mm, region)      # try_to_unmap(TTU_SPLIT_HUGE_PMD)
                 tid = pmd_table_id(mm.get_pmd(region))
@@ -75,17 +105,18 @@ def madvise_cold_or_pageout(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: i
         i0, i1 = (a - region) >> PAGE_SHIFT, (b - region) >> PAGE_SHIFT
         table = pt.table(tid)
         seg = table[i0:i1]
-        if not pageout or not can_swap:
-            # Deactivate: clear the accessed bit of exclusively mapped pages.
-            present = (seg & PTE_PRESENT) != 0
-            mapcount = machine.page_alloc.zone.frames()["mapcount"]
-            excl = present.copy()
-            excl[present] = mapcount[seg[present] >> 4] == 1
-            seg[excl] &= np.uint32(~PTE_YOUNG & 0xFFFFFFFF)
+        # Both advices clear the accessed bit of exclusively mapped pages first.
+        present = (seg & PTE_PRESENT) != 0
+        mapcount = machine.page_alloc.zone.frames()["mapcount"]
+        excl = present.copy()
+        excl[present] = mapcount[seg[present] >> 4] == 1
+        seg[excl] &= np.uint32(~PTE_YOUNG & 0xFFFFFFFF)
+        if not pageout:
             continue
-        _split_thps_in_table(machine, tid, i0, i1)
+        if can_swap:
+            _split_thps_in_table(machine, tid, i0, i1)
         pt.reset_stats()
-        pt.pageout(tid, i0, i1)
+        pt.pageout(tid, i0, i1, can_swap)
         _account_pageout(machine, mm, pt.get_stats())
 
 
@@ -95,12 +126,16 @@ def _account_pageout(machine: "Machine", mm: MM, stats: dict) -> None:
     mm.anon_rss -= stats["rss_removed"]
     mm.swap_ents += out
     machine.count("pswpout", out)
+    machine.count("pglazyfreed", stats["lazyfreed"])
 
 
 def madvise_free(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int) -> None:
-    """MADV_FREE: exclusive pages become clean and old (lazyfree); a partial THP is split."""
+    """MADV_FREE (madvise_free_single_vma): swap entries in the range are dropped; exclusively
+    mapped pages become old, clean and lazyfree, so reclaim may discard them (without swap)
+    unless they are written again first. A THP the range covers whole is marked as one folio;
+    one it covers in part is split first (madvise_free_huge_pmd / the PTE walk)."""
     pt = machine.page_tables
-    mapcount = machine.page_alloc.zone.frames()["mapcount"]
+    zone = machine.page_alloc.zone
     for region, a, b in mm.regions(lo, hi):
         entry = mm.get_pmd(region)
         kind = pmd_kind(entry)
@@ -112,12 +147,39 @@ def madvise_free(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int) -> None
                 continue
             if a == region and b == region + PMD_SIZE:
                 mm.set_pmd(region, entry & ~(PMD_YOUNG | PMD_DIRTY))
+                zone.set_lazyfree_range(head, HPAGE_PMD_NR, True)
+                machine.count("pglazyfree", HPAGE_PMD_NR)
                 continue
             split_huge_pmd(machine, mm, region)
             machine.split_folio(head)
-        seg = pt.table(pmd_table_id(mm.get_pmd(region)))[(a - region) >> 12:(b - region) >> 12]
-        present = (seg & PTE_PRESENT) != 0
-        excl = present.copy()
-        excl[present] = mapcount[seg[present] >> 4] == 1
-        seg[excl] &= np.uint32(~(PTE_YOUNG | PTE_DIRTY) & 0xFFFFFFFF)
-        machine.count("pglazyfree", int(excl.sum()))
+        tid = pmd_table_id(mm.get_pmd(region))
+        i0, i1 = (a - region) >> PAGE_SHIFT, (b - region) >> PAGE_SHIFT
+        _split_partly_covered_thps(machine, tid, i0, i1)
+        pt.reset_stats()
+        pt.madvise_free(tid, i0, i1)
+        stats = pt.get_stats()
+        mm.swap_ents -= stats["swap_ptes_zapped"]
+        machine.count("pglazyfree", stats["lazyfree_marked"])
+
+
+def _split_partly_covered_thps(machine: "Machine", tid: int, i0: int, i1: int) -> None:
+    """The PTE walk splits an exclusive large folio unless the range maps all of it."""
+    frames = machine.page_alloc.zone.frames()
+    table = machine.page_tables.table(tid)
+    seg = table[i0:i1]
+    present = seg[(seg & PTE_PRESENT) != 0] >> 4
+    if not present.size:
+        return
+    heads = present & ~np.uint32(511)
+    in_thp = (frames["order"][heads] == 9) & ((frames["flags"][heads] & 0x2) != 0)
+    for head in np.unique(heads[in_thp]):
+        head = int(head)
+        mapped_here = np.count_nonzero(heads == head)
+        if mapped_here < HPAGE_PMD_NR and _thp_exclusive_ptes(machine, head):
+            machine.split_folio(head)
+
+
+def _thp_exclusive_ptes(machine: "Machine", head: int) -> bool:
+    """No subpage of the folio is mapped more than once (folio_maybe_mapped_shared, roughly)."""
+    mapcount = machine.page_alloc.zone.frames()["mapcount"]
+    return bool((mapcount[head:head + HPAGE_PMD_NR] <= 1).all())

@@ -25,14 +25,16 @@ ROLLUP_FIELDS = ["Rss", "Pss", "Pss_Dirty", "Pss_Anon", "Pss_File", "Pss_Shmem",
 
 
 def _account(acc: dict, mapcount: np.ndarray, dirty: np.ndarray, young: np.ndarray,
-             locked: bool) -> None:
-    """smaps_account() over a batch of present 4 KiB pages (bytes, pss << PSS_SHIFT)."""
+             locked: bool, lazy: np.ndarray) -> None:
+    """smaps_account() over a batch of present 4 KiB pages (bytes, pss << PSS_SHIFT).
+    LazyFree counts lazyfree pages not written since MADV_FREE (clean PTE)."""
     n = mapcount.size
     if not n:
         return
     page = 4096
     acc["Rss"] += n * page
     acc["Anonymous"] += n * page
+    acc["LazyFree"] += int((lazy & ~dirty).sum()) * page
     acc["Referenced"] += int(young.sum()) * page
     shared = mapcount >= 2
     acc["Shared_Dirty"] += int((shared & dirty).sum()) * page
@@ -49,7 +51,8 @@ def _account(acc: dict, mapcount: np.ndarray, dirty: np.ndarray, young: np.ndarr
 def vma_stats(machine: "Machine", mm: MM, vma: VMA) -> dict:
     acc = dict.fromkeys(SMAPS_FIELDS, 0)
     acc.update(pss=0, pss_dirty=0, pss_locked=0)
-    frames = machine.page_alloc.zone.frames()
+    zone = machine.page_alloc.zone
+    frames = zone.frames()
     mapcount_all = frames["mapcount"]
     pt = machine.page_tables
     locked = bool(vma.flags & VM_LOCKED)
@@ -62,13 +65,14 @@ def vma_stats(machine: "Machine", mm: MM, vma: VMA) -> dict:
             head = pmd_huge_pfn(entry)
             mc = mapcount_all[head:head + 512].astype(np.int64)
             _account(acc, mc, np.full(512, bool(entry & PMD_DIRTY)),
-                     np.full(512, bool(entry & PMD_YOUNG)), locked)
+                     np.full(512, bool(entry & PMD_YOUNG)), locked,
+                     np.full(512, bool(zone.lazyfree_mask([head])[0])))
             acc["AnonHugePages"] += PMD_SIZE
             continue
         seg = pt.table(pmd_table_id(entry))[(lo - region) >> PAGE_SHIFT:(hi - region) >> PAGE_SHIFT]
         present = seg[(seg & 1) != 0]
         _account(acc, mapcount_all[present >> 4].astype(np.int64), (present & 4) != 0,
-                 (present & 2) != 0, locked)
+                 (present & 2) != 0, locked, zone.lazyfree_mask(present >> 4))
         nswap = int(((seg & 0xF) == 2).sum())
         acc["Swap"] += nswap * 4096
         acc["SwapPss"] += nswap * 4096

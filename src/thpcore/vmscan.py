@@ -2,7 +2,7 @@
 (CLOCK) pass over the anonymous pages of the processes in scope (accessed bits stand for the
 active/inactive LRU lists): an accessed page loses its bit, an old exclusive page goes to swap.
 kswapd, direct reclaim and memcg limit reclaim all come here. Without swap, only the shrinker
-can free anonymous memory."""
+and lazyfree (MADV_FREE) discards can free anonymous memory."""
 
 from __future__ import annotations
 
@@ -26,11 +26,13 @@ def _scope(machine: "Machine", memcg: "MemCgroup | None"):
 
 
 def shrink_anon(machine: "Machine", want: int, memcg: "MemCgroup | None") -> int:
-    """Two CLOCK sweeps at most: the first may only clear accessed bits."""
-    if machine.swap_bytes == 0:
-        return 0
+    """Two CLOCK sweeps at most: the first may only clear accessed bits. Without swap only
+    lazyfree (MADV_FREE) pages are looked at: the kernel keeps them on the file LRU."""
+    from .swap import reclaim_lazyfree_thp
+    can_swap = machine.swap_bytes > 0
     ids, procs = _scope(machine, memcg)
     pt = machine.page_tables
+    zone = machine.page_alloc.zone
     freed = 0
     for _sweep in range(2):
         for p in procs:
@@ -41,13 +43,20 @@ def shrink_anon(machine: "Machine", want: int, memcg: "MemCgroup | None") -> int
                 kind = pmd_kind(entry)
                 if kind == PMD_KIND_HUGE:
                     head = pmd_huge_pfn(entry)
-                    if ids is not None and machine.page_alloc.zone.frames()["memcg"][head] not in ids:
+                    if ids is not None and zone.frames()["memcg"][head] not in ids:
+                        continue
+                    lazy = bool(zone.lazyfree_mask([head])[0])
+                    if not lazy and not can_swap:
                         continue
                     if entry & PMD_YOUNG:
                         mm.set_pmd(region, entry & ~PMD_YOUNG)
                         continue
-                    mapcount = machine.page_alloc.zone.frames()["mapcount"][head:head + HPAGE_PMD_NR]
+                    mapcount = zone.frames()["mapcount"][head:head + HPAGE_PMD_NR]
                     if (mapcount != 1).any():
+                        continue
+                    if lazy:
+                        if reclaim_lazyfree_thp(machine, mm, region):
+                            freed += HPAGE_PMD_NR
                         continue
                     # A THP on a swap file is split before swap-out (thp_swpout_fallback).
                     machine.count("thp_swpout_fallback")
@@ -58,11 +67,13 @@ def shrink_anon(machine: "Machine", want: int, memcg: "MemCgroup | None") -> int
                     continue
                 pt.reset_stats()
                 got = pt.reclaim(pmd_table_id(entry), 0, 512, want - freed,
-                                 -1 if ids is None else (p.memcg.id if len(ids) == 1 else -1))
+                                 -1 if ids is None else (p.memcg.id if len(ids) == 1 else -1),
+                                 can_swap)
                 st = pt.get_stats()
                 mm.anon_rss -= st["rss_removed"]
                 mm.swap_ents += st["swapped_out"]
                 machine.count("pswpout", st["swapped_out"])
+                machine.count("pglazyfreed", st["lazyfreed"])
                 machine.charge(machine.costs.swap_out_4k_ns, None, st["swapped_out"])
                 freed += got
     return freed
