@@ -207,3 +207,32 @@ def test_memory_high_reclaims_the_excess_after_the_fault():
     events = dict(line.split() for line in m.sysfs.read(f"{CG}/h/memory.events").splitlines())
     assert int(events["high"]) >= 1 and int(events["oom_kill"]) == 0
     m.check()
+
+
+def test_memory_reclaim_swaps_out_what_is_asked_and_eagain_when_it_cannot():
+    m = thpcore.Machine("256M", swap="64M", seed=0, transparent_hugepage="never")
+    m.cgroups.create("job")
+    p = m.spawn(cgroup="job")
+    other = m.spawn()
+    a, b = p.mmap(32 * MB), other.mmap(8 * MB)
+    p.write(a, 32 * MB, 3)
+    other.write(b, 8 * MB, 4)
+    m.sysfs.write(f"{CG}/job/memory.reclaim", "8M")
+    current = int(m.sysfs.read(f"{CG}/job/memory.current"))
+    assert 16 * MB <= current <= 24 * MB                 # at least 8M went, in batches
+    assert m.vmstat["pswpout"] * 4096 == 32 * MB - current
+    assert other.mm.swap_ents == 0                       # only the cgroup's pages
+    assert (p.read(a, 32 * MB) == 3).all()               # swapped pages read back
+    # More than the cgroup holds: everything goes to swap, then EAGAIN.
+    with pytest.raises(BlockingIOError) as info:
+        m.sysfs.write(f"{CG}/job/memory.reclaim", "1G swappiness=60")
+    assert info.value.errno == errno.EAGAIN
+    assert m.sysfs.read(f"{CG}/job/memory.current") == "0\n"
+    assert m.page_tables.swap_used == 32 * MB // 4096 and other.mm.swap_ents == 0
+    m.check()
+    for bad in ("-1", "lots", "1M swappiness=201", "1M swappiness=-1", "1M other=1", "swappiness=1"):
+        err = unchanged(m, lambda: m.sysfs.write(f"{CG}/job/memory.reclaim", bad), OSError)
+        assert err.errno == errno.EINVAL
+    err = unchanged(m, lambda: m.sysfs.read(f"{CG}/job/memory.reclaim"), OSError)
+    assert err.errno == errno.EACCES
+    m.sysfs.write(f"{CG}/job/memory.reclaim", "0")          # nothing asked, nothing done

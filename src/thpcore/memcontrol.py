@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 CGROUP_ROOT = "/sys/fs/cgroup"
 MAX_RECLAIM_RETRIES = 16
 MEMCG_CHARGE_BATCH = 64
-CONTROL_FILES = ("memory.max", "memory.high", "memory.current", "memory.stat", "memory.events")
+CONTROL_FILES = ("memory.max", "memory.high", "memory.current", "memory.stat", "memory.events",
+                 "memory.reclaim")
 EVENT_NAMES = ("low", "high", "max", "oom", "oom_kill", "oom_group_kill")
 
 
@@ -123,6 +124,36 @@ class CgroupTree:
                 return False
         return self.over_limit(cg, nr) is None
 
+    def memory_reclaim(self, cg: MemCgroup, data: str) -> int:
+        """memory.reclaim: proactive reclaim of "SIZE [swappiness=N|max]" from the subtree in
+        batches of a quarter of what is left (at least SWAP_CLUSTER_MAX pages); EAGAIN once
+        MAX_RECLAIM_RETRIES rounds in a row got nothing. The swappiness key is checked and
+        otherwise ignored (anon and lazyfree pages are reclaimed as without it)."""
+        from .vmscan import SWAP_CLUSTER_MAX, try_to_free_mem_cgroup_pages
+        tokens = data.split()
+        if not tokens:
+            raise OSError(errno.EINVAL, "Invalid argument", "memory.reclaim")
+        try:
+            want = parse_size(tokens[0]) // PAGE_SIZE
+        except (ValueError, TypeError):
+            raise OSError(errno.EINVAL, "Invalid argument", "memory.reclaim") from None
+        for tok in tokens[1:]:
+            key, _, value = tok.partition("=")
+            if key != "swappiness" or not (value == "max" or (value.isdigit()
+                                                              and int(value) <= 200)):
+                raise OSError(errno.EINVAL, "Invalid argument", "memory.reclaim")
+        reclaimed, retries = 0, MAX_RECLAIM_RETRIES
+        while reclaimed < want:
+            batch = max((want - reclaimed) // 4, SWAP_CLUSTER_MAX)
+            got = try_to_free_mem_cgroup_pages(self.m, cg, batch)
+            if not got:
+                if not retries:
+                    raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable",
+                                          "memory.reclaim")
+                retries -= 1
+            reclaimed += got
+        return len(data)
+
     # ---- cgroupfs -----------------------------------------------------------------------------
 
     def paths(self) -> dict[str, tuple[MemCgroup, str]]:
@@ -135,6 +166,8 @@ class CgroupTree:
         return out
 
     def read(self, cg: MemCgroup, name: str) -> str:
+        if name == "memory.reclaim":          # write-only: kernfs refuses the open for read
+            raise PermissionError(errno.EACCES, "Permission denied", name)
         if name in ("memory.max", "memory.high"):
             v = cg.max_pages if name == "memory.max" else cg.high_pages
             return "max\n" if v is None else f"{v * PAGE_SIZE}\n"
@@ -153,6 +186,8 @@ class CgroupTree:
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", name)
 
     def write(self, cg: MemCgroup, name: str, data: str) -> int:
+        if name == "memory.reclaim":
+            return self.memory_reclaim(cg, data)
         if name not in ("memory.max", "memory.high"):
             raise PermissionError(errno.EACCES, "Permission denied", name)
         text = data.strip()
