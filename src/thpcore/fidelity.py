@@ -8,6 +8,7 @@ Every THP knob a scenario sets is restored (live.thp_settings), swap files are r
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 
@@ -152,6 +153,10 @@ def run_both(scenario, swap=False, sim_setup=None, **knobs):
 
 
 def _run_pair(scenario, swap, sim_setup=None):
+    # Free the previous scenario's simulated machine now: the cyclic GC could otherwise free
+    # its big (THP-advised) numpy arrays inside the live window, and the allocator trimming a
+    # THP-backed heap splits PMDs in this process, in the global counters the scenario reads.
+    gc.collect()
     lv = Live()
     try:
         got_live = scenario(lv)
@@ -267,6 +272,36 @@ def _free_then_pageout(thp):
         return (rc, rc2, d, b.smaps(r, SMAPS_KEYS + ("LazyFree",)),
                 sum(1 for v in values if v), values[512 + 1])
     return scenario
+
+
+def _pageout_no_swap(advice):
+    """MADV_PAGEOUT / MADV_COLD of a whole THP and of half of another, with no swap device."""
+    def scenario(b):
+        r = b.region(4 * MB)
+        b.madvise(r, 0, 4 * MB, MADV_HUGEPAGE)
+        b.write(r, 0, 4 * MB, value=1)
+        b.write(r, 2 * MB, 4096, value=0)            # a zero subpage: the split remaps it
+        v0 = b.vmstat()
+        rcs = b.madvise(r, 0, 2 * MB, advice), b.madvise(r, 2 * MB, MB, advice)
+        d = delta(v0, b.vmstat(), ["thp_split_pmd", "thp_split_page", "thp_swpout_fallback",
+                                   "thp_deferred_split_page", "pswpout"])
+        return rcs, d, b.smaps(r), sum(1 for v in b.read(r, 0, 4 * MB) if v)
+    return scenario
+
+
+def _collapse_lazyfree(b):
+    """6.18 collapses MADV_FREE'd pages (no SCAN_PAGE_LAZYFREE yet): the new THP is not
+    lazyfree, so a later PAGEOUT without swap keeps every page."""
+    r = b.region(2 * MB)
+    b.write(r, 0, 2 * MB, value=1)
+    v0 = b.vmstat()
+    b.madvise(r, 0, 2 * MB, MADV_FREE)
+    rc = b.madvise(r, 0, 2 * MB, MADV_COLLAPSE)
+    after = b.smaps(r)
+    rc2 = b.madvise(r, 0, 2 * MB, MADV_PAGEOUT)
+    d = delta(v0, b.vmstat(), ["thp_collapse_alloc"] + LAZY_EVENTS)
+    return rc, rc2, after, d, b.smaps(r, SMAPS_KEYS + ("LazyFree",)), \
+        sum(1 for v in b.read(r, 0, 2 * MB) if v)
 
 
 def _free_drops_swap(b):
@@ -445,6 +480,9 @@ def _suite():
     for thp in (False, True):
         out.append((f"MADV_FREE + rewrite + PAGEOUT thp={thp}", _free_then_pageout(thp),
                      {"enabled": "madvise"}))
+    for name, advice in (("PAGEOUT", MADV_PAGEOUT), ("COLD", MADV_COLD)):
+        out.append((f"{name} of THPs without swap", _pageout_no_swap(advice), {"enabled": "madvise"}))
+    out.append(("MADV_COLLAPSE of lazyfree pages", _collapse_lazyfree, {"enabled": "madvise"}))
     out.append(("MADV_FREE drops swap entries", _free_drops_swap,
                 {"enabled": "madvise", "swap": True}))
     out.append(("madvise errno", _madvise_errno, {"enabled": "madvise"}))

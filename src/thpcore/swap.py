@@ -88,12 +88,12 @@ def madvise_cold_or_pageout(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: i
                     # reclaim_pages(): a lazyfree THP needs no swap to go.
                     reclaim_lazyfree_thp(machine, mm, region)
                     continue
-                if not can_swap:
-                    continue
                 split_huge_pmd(machine, mm, region)      # try_to_unmap(TTU_SPLIT_HUGE_PMD)
                 tid = pmd_table_id(mm.get_pmd(region))
                 pt.reset_stats()
-                if machine.swap_device == "blockdev" and pt.swap_out_thp(tid, head) >= 0:
+                # No THP swap slot (a swap file, or no swap at all: add_to_swap fails) splits
+                # the folio and tries its pages one by one (live-checked without swap too).
+                if can_swap and machine.swap_device == "blockdev" and pt.swap_out_thp(tid, head) >= 0:
                     machine.count("thp_swpout")
                     machine.thp_folio_freed(head)
                     _account_pageout(machine, mm, pt.get_stats())
