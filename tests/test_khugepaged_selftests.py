@@ -1,8 +1,7 @@
 """The anonymous-memory cases of the kernel's tools/testing/selftests/mm/khugepaged.c, ported to
 the simulator in both collapse contexts, asserting what the kernel's test asserts.
 
-Not ported: collapse_compound_extreme (needs mremap, which thpcore does not model yet), and the
-file/shmem variants (anonymous memory only).
+Not ported: the file/shmem variants (anonymous memory only).
 """
 
 import errno
@@ -12,7 +11,7 @@ import pytest
 
 import thpcore
 from thpcore import (MADV_COLLAPSE, MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_PAGEOUT,
-                     MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE)
+                     MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MREMAP_FIXED, MREMAP_MAYMOVE)
 
 PAGE = 4096
 HPAGE = 2 << 20
@@ -209,6 +208,44 @@ def test_collapse_full_of_compound(ctx):
     assert check_huge(p, 0)
     collapse(m, p, addr, 1, True)
     validate(p, addr, 0, HPAGE)
+
+
+def test_collapse_compound_extreme(ctx):
+    """A PTE table full of 512 different PTE-mapped compound pages, built by mremap: each round
+    faults a THP at BASE_ADDR and moves its first page (with the pages gathered so far) away
+    and back, one page lower. Then it must still collapse."""
+    name, m, p, collapse = ctx
+    setup_area(p, 1)
+    moved = BASE_ADDR
+    for i in range(NR):
+        p.madvise(BASE_ADDR, HPAGE, MADV_HUGEPAGE)
+        p.write(BASE_ADDR, HPAGE, value=i + 1)          # a new THP at BASE_ADDR
+        assert check_huge(p, 1), "Failed to allocate huge page"
+        p.madvise(BASE_ADDR, HPAGE, MADV_NOHUGEPAGE)
+        p.mremap(BASE_ADDR - i * PAGE, i * PAGE + HPAGE, (i + 1) * PAGE,
+                 MREMAP_MAYMOVE | MREMAP_FIXED, BASE_ADDR + 2 * HPAGE)
+        moved = p.mremap(BASE_ADDR + 2 * HPAGE, (i + 1) * PAGE, (i + 1) * PAGE + HPAGE,
+                         MREMAP_MAYMOVE | MREMAP_FIXED, BASE_ADDR - (i + 1) * PAGE)
+    p.munmap(BASE_ADDR, HPAGE)
+    assert moved == BASE_ADDR - HPAGE
+    fault(p, moved, 0, HPAGE)
+    assert not check_huge(p, 1)
+    # Every page came from a different THP; under this 1G machine's pressure reclaim split
+    # the partly mapped ones (deferred split) and compaction moved pages, as the kernel may.
+    assert pte_pfns(m, p, moved).size == NR
+    assert m.vmstat["thp_fault_alloc"] >= NR and m.vmstat["thp_split_pmd"] >= NR
+    collapse(m, p, moved, 1, True)
+    validate(p, moved, 0, HPAGE)
+
+
+def pte_pfns(m, p, addr):
+    """The pfns the PTE table of the region at addr maps (all present)."""
+    from thpcore.mm import pmd_kind, pmd_table_id, PMD_KIND_TABLE
+    entry = p.mm.get_pmd(addr)
+    assert pmd_kind(entry) == PMD_KIND_TABLE
+    table = m.page_tables.table(pmd_table_id(entry))
+    assert ((table & 1) != 0).all()
+    return table >> 4
 
 
 def test_collapse_fork(ctx):

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import thpcore
-from thpcore import (MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE,
+from thpcore import (MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE,
+                     MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE,
                      MADV_PAGEOUT, PROT_NONE, PROT_READ, PROT_WRITE, SegmentationFault)
 
 PAGE = 4096
@@ -142,6 +143,53 @@ class ProcessMachine(RuleBasedStateMachine):
         for a in range(addr, addr + length, PAGE):
             self.content[p.pid].pop(a, None)
             self.lazy[p.pid].discard(a)
+
+    @precondition(lambda self: any(self.areas.values()))
+    @rule(data=st.data(), kind=st.sampled_from(["shrink", "same", "grow", "grow_move", "fixed",
+                                                "fixed_unaligned", "dontunmap"]))
+    def mremap(self, data, kind):
+        p = self._pick(data)
+        if not self.areas[p.pid]:
+            return
+        addr, length = self._range(data, p)
+        new_len = {"shrink": max(PAGE, length // 2 // PAGE * PAGE), "same": length,
+                   "dontunmap": length}.get(kind, length + data.draw(st.sampled_from([PAGE, 2 * MB])))
+        flags, new_addr = 0, 0
+        if kind in ("grow_move", "fixed", "fixed_unaligned", "dontunmap"):
+            flags = MREMAP_MAYMOVE
+        if kind.startswith("fixed"):
+            flags |= MREMAP_FIXED
+            new_addr = 0x600000000000 + data.draw(st.integers(0, 7)) * 2 * MB \
+                + (PAGE if kind == "fixed_unaligned" else 0)
+        if kind == "dontunmap":
+            flags |= MREMAP_DONTUNMAP
+        content, lazy = self.content[p.pid], self.lazy[p.pid]
+
+        def drop(lo, hi):
+            for a in range(lo, hi, PAGE):
+                content.pop(a, None)
+                lazy.discard(a)
+        try:
+            res = p.mremap(addr, length, new_len, flags, new_addr)
+        except OSError as e:
+            assert e.errno in (errno.EINVAL, errno.EFAULT, errno.ENOMEM), e
+            if e.errno == errno.EFAULT and flags & MREMAP_FIXED:
+                drop(new_addr, new_addr + new_len)       # mremap_to unmapped these first
+                if length > new_len:
+                    drop(addr + new_len, addr + length)
+            return
+        keep = min(length, new_len)
+        if res != addr:
+            moved = {a: content[a] for a in range(addr, addr + keep, PAGE) if a in content}
+            moved_lazy = {a for a in range(addr, addr + keep, PAGE) if a in lazy}
+            drop(res, res + new_len)
+            drop(addr, addr + length)
+            for a, w in moved.items():
+                content[res + a - addr] = w
+            lazy.update(res + a - addr for a in moved_lazy)
+        elif length > new_len:
+            drop(addr + new_len, addr + length)
+        self.areas[p.pid].append((res, new_len))
 
     @precondition(lambda self: len(self.procs) < 4)
     @rule(data=st.data())

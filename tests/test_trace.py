@@ -80,3 +80,30 @@ def test_run_writes_traces(tmp_path):
                  "--trace"]) == 0
     names = sorted(p.name for p in (tmp_path / "o").glob("*.trace"))
     assert names == ["khugepaged.trace", "tuned.trace", "uhugepaged.trace"]
+
+
+def test_mremap_records_and_replays(tmp_path):
+    import thpcore
+    from thpcore import MADV_HUGEPAGE, MREMAP_FIXED, MREMAP_MAYMOVE
+    from thpcore.trace import TraceWriter
+    path = tmp_path / "m.trace"
+    m = thpcore.Machine("1G", seed=2)
+    with open(path, "w") as f:
+        w = TraceWriter(f, m, {"machine": {"memory": "1G", "seed": 2}, "sysfs": {},
+                               "fragment": None, "cgroups": []})
+        p = w.spawn("realloc", "")
+        a = p.mmap(8 << 20)
+        p.madvise(a, 8 << 20, MADV_HUGEPAGE)
+        p.write(a, 6 << 20)
+        b = p.mremap(a, 6 << 20, 12 << 20, MREMAP_MAYMOVE)       # grows, may move
+        p.write(b + (6 << 20), 1 << 20)
+        c = p.mremap(b, 4 << 20, 4 << 20, MREMAP_MAYMOVE | MREMAP_FIXED, 0x500000001000)
+        p.read(c, 4 << 20)
+        p.mremap(b + (4 << 20), 8 << 20, 2 << 20)               # shrink in place
+    tr = parse_trace(path.read_text())
+    assert [r.op for r in tr.records].count("mremap") == 3
+    res = replay(tr)
+    res.machine.check()
+    assert not res.errors
+    assert res.machine.state_hash() == m.state_hash()
+    assert m.vmstat["thp_split_pmd"] >= 2                         # the unaligned move split

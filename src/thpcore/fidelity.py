@@ -14,7 +14,8 @@ import time
 
 import thpcore
 from thpcore import live
-from thpcore.constants import (MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE,
+from thpcore.constants import (MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE,
+                               MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE,
                                MADV_NOHUGEPAGE, MADV_PAGEOUT, PROT_READ, PROT_WRITE)
 
 MB = 1 << 20
@@ -53,6 +54,35 @@ class Live:
 
     def munmap(self, r, off, length):
         return r.munmap(off, length)
+
+    def mremap(self, r, off, old_len, new_len, flags=0, new_addr=0):
+        """(new address or None, errno). The regions are told what moved, so that closing
+        them unmaps exactly what this scenario still maps."""
+        old = r.addr + off
+        addr, err = live.raw_mremap(old, old_len, new_len, flags, new_addr)
+        if err:
+            return None, err
+        for reg in self.regions:                 # what left the old range is not theirs now
+            lo, hi = max(reg.addr, old), min(reg.end, old + old_len)
+            if addr == old:
+                lo = max(lo, old + new_len)      # in place: only a shrink gives pages up
+            if lo < hi and not flags & MREMAP_DONTUNMAP:
+                reg.forget(lo - reg.addr, hi - lo)
+        # What is mapped now and no region owns (a new place, or the grown tail) gets one.
+        lo = old + old_len if addr == old else addr
+        if lo < addr + new_len:
+            owner = [reg for reg in self.regions if reg.addr <= lo and addr + new_len <= reg.end]
+            if owner:
+                owner[0].adopt(lo - owner[0].addr, addr + new_len - lo,
+                               PROT_READ | PROT_WRITE)
+            else:
+                self.regions.append(live.Region(lo, addr + new_len - lo,
+                                                PROT_READ | PROT_WRITE))
+        return addr, 0
+
+    def view(self, addr, length):
+        """A region object over memory this process already maps (not owned)."""
+        return live.Region(addr, length, PROT_READ | PROT_WRITE, owned=False)
 
     def write(self, r, off, length, value=1):
         r.write(off, length, value=value)
@@ -114,6 +144,15 @@ class Sim:
 
     def munmap(self, r, off, length):
         return self._errno(lambda: r.p.munmap(r.addr + off, length))
+
+    def mremap(self, r, off, old_len, new_len, flags=0, new_addr=0):
+        try:
+            return r.p.mremap(r.addr + off, old_len, new_len, flags, new_addr), 0
+        except OSError as e:
+            return None, e.errno
+
+    def view(self, addr, length):
+        return SimRegion(self.p, addr, length)
 
     def write(self, r, off, length, value=1):
         r.p.write(r.addr + off, length, value=value)
@@ -304,6 +343,78 @@ def _collapse_lazyfree(b):
         sum(1 for v in b.read(r, 0, 2 * MB) if v)
 
 
+def _mremap_move(case):
+    """A THP-backed 4 MiB region (a written 4 KiB table region after it) moved or resized."""
+    def scenario(b):
+        r = b.region(6 * MB)
+        b.write(r, 4 * MB, 2 * MB, value=7)        # 4 KiB pages (not advised yet)
+        b.madvise(r, 0, 6 * MB, MADV_HUGEPAGE)
+        b.write(r, 0, 4 * MB, value=7)             # two THPs
+        dst = b.region(8 * MB)                      # a destination (or a hole, once unmapped)
+        v0 = b.vmstat()
+        if case == "aligned":
+            addr, err = b.mremap(r, 0, 6 * MB, 6 * MB, MREMAP_MAYMOVE | MREMAP_FIXED, dst.addr)
+        elif case == "unaligned":
+            addr, err = b.mremap(r, 0, 6 * MB, 6 * MB, MREMAP_MAYMOVE | MREMAP_FIXED,
+                                 dst.addr + 4096)
+        elif case == "shrink":
+            addr, err = b.mremap(r, 0, 6 * MB, 3 * MB)
+        elif case == "dontunmap":
+            addr, err = b.mremap(r, 0, 6 * MB, 6 * MB, MREMAP_MAYMOVE | MREMAP_DONTUNMAP)
+        else:                                       # the middle 1 MiB of the first THP
+            addr, err = b.mremap(r, MB, MB, MB, MREMAP_MAYMOVE | MREMAP_FIXED, dst.addr)
+        d = delta(v0, b.vmstat(), ["thp_split_pmd", "thp_split_page", "thp_deferred_split_page"])
+        if err:
+            return err, d
+        length = {"shrink": 3 * MB, "middle": MB}.get(case, 6 * MB)
+        v = b.view(addr, length)
+        out = [err, (addr - dst.addr) if case in ("aligned", "unaligned", "middle") else
+               addr == r.addr if case == "shrink" else addr % HP, d, b.smaps(v),
+               sorted(set(b.read(v, 0, length)))]
+        out.append(b.smaps(r) if case in ("dontunmap", "middle") else None)
+        return out
+    return scenario
+
+
+def _mremap_grow(inplace):
+    """Growing a THP region: in place when the range after it is free, else moved (MAYMOVE)
+    to a THP-aligned spot; without MAYMOVE, ENOMEM."""
+    def scenario(b):
+        r = b.region(8 * MB)
+        b.madvise(r, 0, 8 * MB, MADV_HUGEPAGE)
+        b.write(r, 0, 4 * MB, value=7)
+        if inplace:
+            b.munmap(r, 4 * MB, 4 * MB)
+        else:
+            b.mprotect(r, 4 * MB, 4 * MB, PROT_READ)   # a different VMA right behind it
+        addr, blocked = b.mremap(r, 0, 4 * MB, 6 * MB)
+        if blocked:
+            addr, err = b.mremap(r, 0, 4 * MB, 6 * MB, MREMAP_MAYMOVE)
+            if err:
+                return blocked, err
+        v = b.view(addr, 6 * MB)
+        return blocked, addr == r.addr, addr % HP, b.smaps(v), sorted(set(b.read(v, 0, 6 * MB)))
+    return scenario
+
+
+def _mremap_errno(b):
+    r = b.region(8 * MB)
+    b.write(r, 0, 4 * MB, value=7)
+    hole = b.region(4 * MB)
+    b.munmap(hole, 0, 4 * MB)
+    t = b.region(4 * MB)
+    b.mprotect(t, 2 * MB, 2 * MB, PROT_READ)
+    M, F, D = MREMAP_MAYMOVE, MREMAP_FIXED, MREMAP_DONTUNMAP
+    calls = [(r, 1, 4096, 4096, 0, 0), (r, 0, 4096, 0, 0, 0), (r, 0, 4096, 4096, 8, 0),
+             (r, 0, 4096, 4096, F, hole.addr), (r, 0, 4096, 8192, M | D, 0),
+             (r, 0, 4096, 4096, D, 0), (hole, 0, 4096, 8192, M, 0), (hole, 0, 4096, 4096, 0, 0),
+             (t, 0, 4 * MB, 6 * MB, M, 0), (r, 0, 4 * MB, 4 * MB, M | F, r.addr + 2 * MB),
+             (r, 0, 4096, 4096, M | F, hole.addr + 1), (r, 0, 0, 4096, M, 0),
+             (r, 0, 4096, 1 << 48, M, 0), (r, 0, 4096, 4096, M | F, 1 << 47),
+             (r, 0, 4096, 4096, 0, 0), (t, 0, 4 * MB, MB, 0, 0), (r, 0, -4096, 4096, 0, 0)]
+    return [b.mremap(*c)[1] for c in calls]
+
+
 def _free_drops_swap(b):
     """MADV_FREE over swapped-out pages frees their swap entries: they read back as zeroes."""
     r = b.region(4 * MB)
@@ -483,6 +594,12 @@ def _suite():
     for name, advice in (("PAGEOUT", MADV_PAGEOUT), ("COLD", MADV_COLD)):
         out.append((f"{name} of THPs without swap", _pageout_no_swap(advice), {"enabled": "madvise"}))
     out.append(("MADV_COLLAPSE of lazyfree pages", _collapse_lazyfree, {"enabled": "madvise"}))
+    for case in ("aligned", "unaligned", "shrink", "dontunmap", "middle"):
+        out.append((f"mremap {case}", _mremap_move(case), {"enabled": "madvise"}))
+    for inplace in (True, False):
+        out.append((f"mremap grow {'in place' if inplace else 'by moving'}",
+                    _mremap_grow(inplace), {"enabled": "madvise"}))
+    out.append(("mremap errno", _mremap_errno, {"enabled": "madvise"}))
     out.append(("MADV_FREE drops swap entries", _free_drops_swap,
                 {"enabled": "madvise", "swap": True}))
     out.append(("madvise errno", _madvise_errno, {"enabled": "madvise"}))

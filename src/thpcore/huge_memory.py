@@ -92,8 +92,9 @@ def alloc_thp(machine: "Machine", gfp: Gfp, memcg: int = 0) -> int:
     """__alloc_pages(order 9): the fast path at the low watermark (ALLOC_NOFRAGMENT first),
     then the slow path: wake kswapd (here: kcompactd, as kswapd would after reclaiming) if the
     gfp allows, retry at min, then direct compaction if the gfp may reclaim: async first
-    (giving up on SKIPPED/DEFERRED with __GFP_NORETRY), then SYNC_LIGHT (async again with
-    NORETRY). Direct reclaim between the two compactions is not modelled yet."""
+    (giving up on SKIPPED/DEFERRED with __GFP_NORETRY), then direct reclaim (shrinkers first:
+    the deferred split queue), a retry, then SYNC_LIGHT compaction (async again with NORETRY).
+    A costly order without __GFP_RETRY_MAYFAIL gives up after that one round."""
     from .compaction import CompactResult, Priority
     pt = machine.page_tables
     head = pt.alloc_thp(_engine.PY_ALLOC_WMARK_LOW | _engine.PY_ALLOC_NOFRAGMENT | gfp.alloc_flags(),
@@ -112,6 +113,12 @@ def alloc_thp(machine: "Machine", gfp: Gfp, memcg: int = 0) -> int:
         return int(head)
     if gfp.noretry and rc in (CompactResult.SKIPPED, CompactResult.DEFERRED):
         return -1
+    # __alloc_pages_direct_reclaim(): enough for compaction to have room (compact_gap).
+    from .vmscan import try_to_free_pages
+    if try_to_free_pages(machine, 2 << 9):
+        head = pt.alloc_thp(slow, memcg)
+        if head >= 0:
+            return int(head)
     prio = Priority.ASYNC if gfp.noretry else Priority.SYNC_LIGHT
     head, rc = comp.direct_compact(9, prio, lambda: pt.alloc_thp(slow, memcg))
     return int(head)

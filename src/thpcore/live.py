@@ -204,6 +204,21 @@ def raw_mmap(length: int, addr: int | None = None, prot: int = PROT_READ | PROT_
     return res
 
 
+SYS_mremap = 25 if os.uname().machine == "x86_64" else 216      # aarch64: 216
+_libc.syscall.restype = ctypes.c_long
+
+
+def raw_mremap(old: int, old_len: int, new_len: int, flags: int = 0, new: int = 0) -> tuple[int, int]:
+    """mremap(2) on raw numbers: (new address, 0) or (-1, errno)."""
+    ctypes.set_errno(0)
+    res = _libc.syscall(ctypes.c_long(SYS_mremap), ctypes.c_ulong(_u(old)),
+                        ctypes.c_ulong(_u(old_len)), ctypes.c_ulong(_u(new_len)),
+                        ctypes.c_ulong(flags), ctypes.c_ulong(_u(new)))
+    if res == -1:
+        return -1, ctypes.get_errno()
+    return _u(res), 0
+
+
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     """prctl(2). Returns the non-negative result or raises OSError."""
     ctypes.set_errno(0)
@@ -894,10 +909,31 @@ class Region:
             self._prot[p0:p0 + n] = b"\xff" * n
         return rc
 
+    def forget(self, off: int, length: int) -> None:
+        """Pages [off, off+length) are no longer this region's (mremap moved or dropped them):
+        close() will not unmap them, whatever maps that range by then."""
+        p0, n = self._range(off, length)
+        self._prot[p0:p0 + n] = b"\xff" * n
+
+    def adopt(self, off: int, length: int, prot: int) -> None:
+        """Pages [off, off+length) are mapped again, with prot (mremap grew into them)."""
+        p0, n = self._range(off, length)
+        self._prot[p0:p0 + n] = bytes([prot]) * n
+
     def close(self) -> None:
-        """Unmap whatever is left of the region (and its guards)."""
-        if self.owned and any(p != 0xFF for p in self._prot):
-            raw_munmap(self.addr, self.length)
+        """Unmap whatever is left of the region (and its guards): only the runs of pages that
+        are still its own, since a hole may since have been reused by another mapping."""
+        if self.owned:
+            p = 0
+            while p < self.npages:
+                if self._prot[p] == 0xFF:
+                    p += 1
+                    continue
+                q = p
+                while q < self.npages and self._prot[q] != 0xFF:
+                    q += 1
+                raw_munmap(self.addr + p * PAGE_SIZE, (q - p) * PAGE_SIZE)
+                p = q
             self._prot[:] = b"\xff" * self.npages
         for base, size in getattr(self, "_guards", ()):
             if size:

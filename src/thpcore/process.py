@@ -115,6 +115,16 @@ class Process:
         do_munmap(self.machine, self._live(), _int(addr, "addr"), _int(length, "length"))
 
     @_syscall
+    def mremap(self, old_address: int, old_size: int, new_size: int, flags: int = 0,
+               new_address: int = 0) -> int:
+        """mremap(2) of private anonymous memory; returns the address the mapping now has.
+        Raises OSError with the kernel's errno (EINVAL, EFAULT, ENOMEM)."""
+        from .mremap import do_mremap
+        return do_mremap(self.machine, self._live(), _int(old_address, "old_address"),
+                         _int(old_size, "old_size"), _int(new_size, "new_size"),
+                         _int(flags, "flags"), _int(new_address, "new_address"))
+
+    @_syscall
     def mprotect(self, addr: int, length: int, prot: int) -> None:
         do_mprotect(self.machine, self._live(), _int(addr, "addr"), _int(length, "length"),
                     _int(prot, "prot"))

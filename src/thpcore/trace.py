@@ -18,6 +18,9 @@ and LEN are integers (0x hex allowed) or sizes like 2M. The operations:
     spawn NAME [CGROUP]        a new process labelled PID
     mmap ADDR LEN              private anonymous read/write mapping at exactly ADDR
     munmap ADDR LEN
+    mremap ADDR OLDLEN NEWLEN [FLAGS [NEWADDR]]   FLAGS: MREMAP_* bits (1 maymove, 2 fixed,
+                               4 dontunmap); a move without FIXED lands where it did when
+                               recorded, since replay rebuilds the same address space
     madvise ADDR LEN ADVICE    ADVICE is a name (hugepage, dontneed, collapse, pageout, ...) or a number
     write ADDR LEN             touch every page for writing (faults, COW)
     read ADDR LEN
@@ -46,7 +49,8 @@ VERSION = "# thpcore-trace 1"
 ADVICE = {name[5:].lower(): getattr(constants, name) for name in dir(constants)
           if name.startswith("MADV_") and not name.startswith("MADV_F_")}
 ADVICE_NAME = {v: k for k, v in ADVICE.items()}
-OPS = {"spawn": (1, 2), "mmap": (2, 2), "munmap": (2, 2), "madvise": (3, 3), "write": (2, 2),
+OPS = {"spawn": (1, 2), "mmap": (2, 2), "munmap": (2, 2), "mremap": (3, 5), "madvise": (3, 3),
+       "write": (2, 2),
        "read": (2, 2), "fork": (1, 1), "exit": (0, 0), "sleep": (1, 1)}
 
 
@@ -124,6 +128,10 @@ class RecordedProcess:
     def munmap(self, addr, length):
         self._w.record(self._label, "munmap", hex(addr), length)
         return self._p.munmap(addr, length)
+
+    def mremap(self, addr, old_len, new_len, flags=0, new_address=0):
+        self._w.record(self._label, "mremap", hex(addr), old_len, new_len, flags, hex(new_address))
+        return self._p.mremap(addr, old_len, new_len, flags, new_address)
 
     def madvise(self, addr, length, advice):
         self._w.record(self._label, "madvise", hex(addr), length, ADVICE_NAME.get(advice, advice))
@@ -226,6 +234,8 @@ def parse_trace(text: str) -> Trace:
                     parsed.append(int(args[2]))
                 else:
                     raise ValueError(f"line {n}: unknown advice {args[2]!r}")
+        elif op == "mremap":
+            parsed = [_number(x, n) for x in args] + [0] * (5 - len(args))
         elif op == "sleep":
             try:
                 parsed = [parse_time(args[0])]
@@ -287,6 +297,8 @@ def _apply(p, r: Record, procs: dict) -> None:
         p.mmap(a[1], flags=MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, addr=a[0])
     elif r.op == "munmap":
         p.munmap(a[0], a[1])
+    elif r.op == "mremap":
+        p.mremap(*a)
     elif r.op == "madvise":
         p.madvise(a[0], a[1], a[2])
     elif r.op == "write":
