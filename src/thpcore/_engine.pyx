@@ -379,10 +379,13 @@ cdef class Zone:
         return (self.lazyfree[pfn >> 3] >> (pfn & 7)) & 1
 
     cdef void set_lazyfree(self, uint32_t pfn, bint on) noexcept nogil:
-        if on:
-            self.lazyfree[pfn >> 3] |= <uint8_t>(1 << (pfn & 7))
-        else:
-            self.lazyfree[pfn >> 3] &= <uint8_t>~(1 << (pfn & 7))
+        # Store only on a change: a bitmap no MADV_FREE ever touched stays zero-page backed
+        # (no resident memory: 32 MiB at 1 TiB).
+        cdef uint8_t bit = <uint8_t>(1 << (pfn & 7)), old = self.lazyfree[pfn >> 3]
+        if on and not (old & bit):
+            self.lazyfree[pfn >> 3] = old | bit
+        elif not on and (old & bit):
+            self.lazyfree[pfn >> 3] = old & <uint8_t>~bit
 
     cdef void prep_new_page(self, uint32_t pfn, int order, uint8_t page_flags) noexcept nogil:
         cdef int64_t n = <int64_t>1 << order, i
@@ -390,7 +393,9 @@ cdef class Zone:
             for i in range(n):
                 self.set_lazyfree(<uint32_t>(pfn + i), False)
         else:
-            memset(&self.lazyfree[pfn >> 3], 0, n >> 3)
+            for i in range(pfn >> 3, (pfn + n) >> 3):
+                if self.lazyfree[i]:
+                    self.lazyfree[i] = 0
         if order == 0:
             self.flags[pfn] = PG_head | page_flags
             self.order[pfn] = 0

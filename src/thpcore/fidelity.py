@@ -631,12 +631,23 @@ def _suite():
 SUITE = _suite()
 
 
-def run_case(name: str, scenario, kwargs: dict):
-    """(live, simulated) for one suite entry."""
+# vmstat counters are machine-wide: another process faulting or splitting THPs inside a live
+# window (a parallel test run, a numpy array with MADV_HUGEPAGE) shows up in the deltas. The
+# simulator is deterministic, so a real difference repeats: a mismatch is measured again, up
+# to ATTEMPTS times, and only a difference that every attempt shows counts.
+ATTEMPTS = 3
+
+
+def run_case(name: str, scenario, kwargs: dict, attempts: int = ATTEMPTS):
+    """(live, simulated) for one suite entry: the first agreeing attempt, else the last."""
     kw = dict(kwargs)
     swap = kw.pop("swap", False)
     sim_setup = kw.pop("sim_setup", None)
-    return run_both(scenario, swap=swap, sim_setup=sim_setup, **kw)
+    for _ in range(max(attempts, 1)):
+        got_live, got_sim = run_both(scenario, swap=swap, sim_setup=sim_setup, **kw)
+        if got_live == got_sim:
+            break
+    return got_live, got_sim
 
 
 def main(only: str | None = None) -> int:
