@@ -105,6 +105,16 @@ class MM:
             yield r, max(start, r), min(end, r + PMD_SIZE)
             r += PMD_SIZE
 
+    def mapped_regions(self, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+        """(region, lo, hi, entry, kind) for each 2 MiB region overlapping [start, end) whose
+        PMD maps anonymous pages (a PTE table or a THP; none and huge-zero PMDs are skipped).
+        The entry is read when the region's turn comes, so the caller may change earlier ones."""
+        for region, lo, hi in self.regions(start, end):
+            entry = self.get_pmd(region)
+            kind = pmd_kind(entry)
+            if entry and kind != PMD_KIND_HUGE_ZERO:
+                yield region, lo, hi, entry, kind
+
     def nr_huge_pmds(self) -> int:
         """PMD-mapped THPs in this mm (AnonHugePages / 2 MiB), counted over the directory."""
         return sum(int(np.count_nonzero((arr & PMD_KIND_MASK) == PMD_KIND_HUGE))

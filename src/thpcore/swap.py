@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .huge_memory import HPAGE_PMD_NR, split_huge_pmd
-from .mm import MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_YOUNG, pmd_huge_pfn, pmd_kind, pmd_table_id
+from .mm import MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_YOUNG, pmd_huge_pfn, pmd_table_id
 from .vma import PAGE_SHIFT, PMD_SIZE, VMA
 
 if TYPE_CHECKING:
@@ -65,11 +65,7 @@ def madvise_cold_or_pageout(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: i
                             pageout: bool) -> None:
     pt = machine.page_tables
     can_swap = machine.swap_bytes > 0
-    for region, a, b in mm.regions(lo, hi):
-        entry = mm.get_pmd(region)
-        kind = pmd_kind(entry)
-        if entry == 0 or kind == PMD_KIND_HUGE_ZERO:
-            continue
+    for region, a, b, entry, kind in mm.mapped_regions(lo, hi):
         if kind == PMD_KIND_HUGE:
             head = pmd_huge_pfn(entry)
             if a != region or b != region + PMD_SIZE:
@@ -136,11 +132,7 @@ def madvise_free(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int) -> None
     one it covers in part is split first (madvise_free_huge_pmd / the PTE walk)."""
     pt = machine.page_tables
     zone = machine.page_alloc.zone
-    for region, a, b in mm.regions(lo, hi):
-        entry = mm.get_pmd(region)
-        kind = pmd_kind(entry)
-        if entry == 0 or kind == PMD_KIND_HUGE_ZERO:
-            continue
+    for region, a, b, entry, kind in mm.mapped_regions(lo, hi):
         if kind == PMD_KIND_HUGE:
             head = pmd_huge_pfn(entry)
             if not _thp_exclusive(machine, head):

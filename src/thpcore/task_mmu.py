@@ -56,11 +56,7 @@ def vma_stats(machine: "Machine", mm: MM, vma: VMA) -> dict:
     mapcount_all = frames["mapcount"]
     pt = machine.page_tables
     locked = bool(vma.flags & VM_LOCKED)
-    for region, lo, hi in mm.regions(vma.start, vma.end):
-        entry = mm.get_pmd(region)
-        kind = pmd_kind(entry)
-        if entry == 0 or kind == PMD_KIND_HUGE_ZERO:
-            continue
+    for region, lo, hi, entry, kind in mm.mapped_regions(vma.start, vma.end):
         if kind == PMD_KIND_HUGE:
             head = pmd_huge_pfn(entry)
             mc = mapcount_all[head:head + 512].astype(np.int64)
