@@ -159,12 +159,13 @@ def move_page_tables(machine: "Machine", mm: MM, old_addr: int, new_addr: int,
             if kind in (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO):
                 split_huge_pmd(machine, mm, old_region)
                 entry = mm.get_pmd(old_region)
-            src = pt.table(pmd_table_id(entry))
-            i0 = (old - old_region) >> PAGE_SHIFT
-            seg = src[i0:i0 + (extent >> PAGE_SHIFT)]
-            if seg.any():
+            i0, n = (old - old_region) >> PAGE_SHIFT, extent >> PAGE_SHIFT
+            if pt.table(pmd_table_id(entry))[i0:i0 + n].any():
+                # The destination table first: allocating it may grow the pool, and a view
+                # taken before would point into the old storage.
                 dst = pt.table(_pte_table(machine, mm, new_region))
+                seg = pt.table(pmd_table_id(entry))[i0:i0 + n]
                 j0 = (new - new_region) >> PAGE_SHIFT
-                dst[j0:j0 + seg.size] = seg              # move_ptes(): rmap and RSS unchanged
+                dst[j0:j0 + n] = seg                     # move_ptes(): rmap and RSS unchanged
                 seg[:] = 0
         done += extent

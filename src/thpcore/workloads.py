@@ -1,7 +1,8 @@
 """Workload generators: each sets up a process's memory, acts on it as time passes, and yields
 an access stream for the TLB model. Kinds: sequential, random (GUPS-like), zipf (hot/cold),
 churn (allocator: free with MADV_DONTNEED, reuse, MADV_COLLAPSE as tcmalloc/jemalloc do), redis
-(insert/delete churn plus a forked snapshot writing under COW), services (many small tasks).
+(insert/delete churn plus a forked snapshot writing under COW), realloc (a growing buffer moved
+by mremap, as glibc's realloc does for large chunks), services (many small tasks).
 The fragmenter (unmovable kernel allocations, scattered or packed) lives in fragment()."""
 
 from __future__ import annotations
@@ -164,7 +165,55 @@ class Redis(Workload):
             self.child_until = self.elapsed + self.params["snapshot_seconds"]
 
 
-KINDS = {c.kind: c for c in (Sequential, Random, Zipf, Churn, Redis)}
+class Realloc(Workload):
+    """A buffer that grows by `growth` every tick with mremap(MREMAP_MAYMOVE), writing its new
+    tail, until it reaches `size`; then it is freed and starts again at `start`. glibc's realloc
+    does this for mmapped chunks, with lengths that are page multiples, not 2 MiB multiples: a
+    move then lands on an address that is not 2 MiB aligned and every THP of the buffer is
+    PMD-split (the kernel only moves a huge PMD whole between aligned addresses).
+    `align_2m = true` rounds every length up to 2 MiB, as a THP-aware allocator would: the
+    kernel's THP-aligned placement then keeps the huge PMDs across moves."""
+    kind = "realloc"
+    PARAMS = {"start": "4M", "growth": 1.5, "align_2m": False}
+
+    def setup(self):
+        if float(self.params["growth"]) <= 1:
+            raise ValueError("realloc: growth must be more than 1")
+        self.buf, self.length = 0, 0
+        self.generations = 0
+        self._new_buffer()
+
+    def _round(self, n: int) -> int:
+        unit = HP if self.params["align_2m"] else PAGE
+        return -(-n // unit) * unit
+
+    def _new_buffer(self):
+        self.length = min(self._round(parse_size(self.params["start"])), self.size)
+        self.buf = self.p.mmap(self.length)
+        if self.hugepage is True:
+            self.p.madvise(self.buf, self.length, MADV_HUGEPAGE)
+        self.p.write(self.buf, self.length)
+
+    def tick(self, seconds):
+        from .constants import MREMAP_MAYMOVE
+        if self.length >= self.size:
+            self.p.munmap(self.buf, self.length)
+            self.generations += 1
+            self._new_buffer()
+            return
+        new = min(self._round(int(self.length * float(self.params["growth"]))), self.size)
+        self.buf = self.p.mremap(self.buf, self.length, new, MREMAP_MAYMOVE)
+        if self.hugepage is True:
+            self.p.madvise(self.buf, new, MADV_HUGEPAGE)
+        self.p.write(self.buf + self.length, new - self.length)
+        self.length = new
+
+    def access_stream(self, n):
+        idx = self.rng.integers(0, self.length // PAGE, n)
+        return (self.buf >> 12) + idx.astype(np.int64)
+
+
+KINDS = {c.kind: c for c in (Sequential, Random, Zipf, Churn, Redis, Realloc)}
 
 
 def make(kind: str, m, proc, **params) -> Workload:
