@@ -189,7 +189,7 @@ class Realloc(Workload):
 
     def _new_buffer(self):
         self.length = min(self._round(parse_size(self.params["start"])), self.size)
-        self.buf = self.p.mmap(self.length)
+        self.buf = self.addr = self.p.mmap(self.length)
         if self.hugepage is True:
             self.p.madvise(self.buf, self.length, MADV_HUGEPAGE)
         self.p.write(self.buf, self.length)
@@ -202,7 +202,7 @@ class Realloc(Workload):
             self._new_buffer()
             return
         new = min(self._round(int(self.length * float(self.params["growth"]))), self.size)
-        self.buf = self.p.mremap(self.buf, self.length, new, MREMAP_MAYMOVE)
+        self.buf = self.addr = self.p.mremap(self.buf, self.length, new, MREMAP_MAYMOVE)
         if self.hugepage is True:
             self.p.madvise(self.buf, new, MADV_HUGEPAGE)
         self.p.write(self.buf + self.length, new - self.length)
