@@ -63,3 +63,14 @@ def test_mremap_argument_types_and_state_on_error():
     for args in [(a + 1, PAGE, PAGE), (a, PAGE, 0), (a, PAGE, PAGE, 8),
                  (a, 4 * MB, 4 * MB, MREMAP_MAYMOVE | MREMAP_FIXED, a + 2 * MB)]:
         unchanged(m, lambda: p.mremap(*args), OSError)
+
+
+def test_example_realloc_scenario_shows_the_alignment_effect():
+    from pathlib import Path
+
+    from thpcore.scenario import parse_scenario, run_variant
+    text = (Path(__file__).parent.parent / "examples" / "realloc-alignment.toml").read_text()
+    res = run_variant(parse_scenario(text), "khugepaged")
+    last = {row["process"]: row for row in res.timeline if row["time_s"] == 30.0}
+    assert last["aligned"]["thp_pct"] == 100.0
+    assert last["glibc"]["thp_pct"] < 100.0
