@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import thpcore
+from thpcore.madvise import MADV_GUARD_INSTALL, MADV_GUARD_REMOVE
 from thpcore import (MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE,
                      MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE,
                      MADV_PAGEOUT, PROT_NONE, PROT_READ, PROT_WRITE, SegmentationFault)
@@ -33,6 +34,7 @@ class ProcessMachine(RuleBasedStateMachine):
         self.procs = {}
         self.content = {}
         self.lazy = {}           # pid -> addresses of lazyfree pages
+        self.guards = {}         # pid -> addresses holding a guard marker (access: SIGSEGV)
         self.areas = {}          # pid -> list of (addr, length)
         self._spawn()
 
@@ -41,6 +43,7 @@ class ProcessMachine(RuleBasedStateMachine):
         self.procs[p.pid] = p
         self.content[p.pid] = {}
         self.lazy[p.pid] = set()
+        self.guards[p.pid] = set()
         self.areas[p.pid] = []
         return p
 
@@ -72,10 +75,12 @@ class ProcessMachine(RuleBasedStateMachine):
         if not self.areas[p.pid]:
             return
         addr, length = self._range(data, p)
+        guarded = any(a in self.guards[p.pid] for a in range(addr, addr + length, PAGE))
         try:
             p.write(addr, length, value)
         except SegmentationFault:
-            return          # mprotect'ed or unmapped part: nothing changed
+            return          # mprotect'ed, unmapped or guarded part: nothing changed
+        assert not guarded, "a write through a guard marker succeeded"
         words = p.read(addr, length) if value is None else None
         for i in range(length // PAGE):
             self.lazy[p.pid].discard(addr + i * PAGE)
@@ -92,10 +97,12 @@ class ProcessMachine(RuleBasedStateMachine):
         if not self.areas[p.pid]:
             return
         addr, length = self._range(data, p)
+        guarded = any(a in self.guards[p.pid] for a in range(addr, addr + length, PAGE))
         try:
             words = p.read(addr, length)
         except SegmentationFault:
             return
+        assert not guarded, "a read through a guard marker succeeded"
         for i in range(length // PAGE):
             a = addr + i * PAGE
             if a in self.lazy[p.pid] and int(words[i]) == 0:
@@ -143,8 +150,35 @@ class ProcessMachine(RuleBasedStateMachine):
         for a in range(addr, addr + length, PAGE):
             self.content[p.pid].pop(a, None)
             self.lazy[p.pid].discard(a)
+            self.guards[p.pid].discard(a)
 
     @precondition(lambda self: any(self.areas.values()))
+    @rule(data=st.data(), install=st.booleans())
+    def guard(self, data, install):
+        p = self._pick(data)
+        if not self.areas[p.pid]:
+            return
+        addr, length = self._range(data, p)
+        try:
+            p.madvise(addr, length, MADV_GUARD_INSTALL if install else MADV_GUARD_REMOVE)
+        except OSError as e:
+            assert e.errno in (errno.ENOMEM, errno.EINVAL), e
+            if e.errno == errno.ENOMEM:
+                # Partly unmapped: the mapped VMAs were still handled (madvise goes on).
+                for a in range(addr, addr + length, PAGE):
+                    if p.mm.vmas.find(a) is not None:
+                        self._guard_page(p, a, install)
+            return
+        for a in range(addr, addr + length, PAGE):
+            self._guard_page(p, a, install)
+
+    def _guard_page(self, p, a, install):
+        if install:
+            self.content[p.pid].pop(a, None)
+            self.lazy[p.pid].discard(a)
+            self.guards[p.pid].add(a)
+        else:
+            self.guards[p.pid].discard(a)
     @rule(data=st.data(), kind=st.sampled_from(["shrink", "same", "grow", "grow_move", "fixed",
                                                 "fixed_unaligned", "dontunmap"]))
     def mremap(self, data, kind):
@@ -163,12 +197,13 @@ class ProcessMachine(RuleBasedStateMachine):
                 + (PAGE if kind == "fixed_unaligned" else 0)
         if kind == "dontunmap":
             flags |= MREMAP_DONTUNMAP
-        content, lazy = self.content[p.pid], self.lazy[p.pid]
+        content, lazy, guards = self.content[p.pid], self.lazy[p.pid], self.guards[p.pid]
 
         def drop(lo, hi):
             for a in range(lo, hi, PAGE):
                 content.pop(a, None)
                 lazy.discard(a)
+                guards.discard(a)
         try:
             res = p.mremap(addr, length, new_len, flags, new_addr)
         except OSError as e:
@@ -182,11 +217,13 @@ class ProcessMachine(RuleBasedStateMachine):
         if res != addr:
             moved = {a: content[a] for a in range(addr, addr + keep, PAGE) if a in content}
             moved_lazy = {a for a in range(addr, addr + keep, PAGE) if a in lazy}
+            moved_guards = {a for a in range(addr, addr + keep, PAGE) if a in guards}
             drop(res, res + new_len)
             drop(addr, addr + length)
             for a, w in moved.items():
                 content[res + a - addr] = w
             lazy.update(res + a - addr for a in moved_lazy)
+            guards.update(res + a - addr for a in moved_guards)
         elif length > new_len:
             drop(addr + new_len, addr + length)
         self.areas[p.pid].append((res, new_len))
@@ -199,6 +236,7 @@ class ProcessMachine(RuleBasedStateMachine):
         self.procs[c.pid] = c
         self.content[c.pid] = dict(self.content[p.pid])
         self.lazy[c.pid] = set(self.lazy[p.pid])
+        self.guards[c.pid] = set(self.guards[p.pid])
         self.areas[c.pid] = list(self.areas[p.pid])
 
     @rule(ms=st.sampled_from([0, 10, 1000]), none=st.sampled_from([0, 64, 511]))
@@ -222,6 +260,7 @@ class ProcessMachine(RuleBasedStateMachine):
         p = self._pick(data)
         p.exit()
         del self.procs[p.pid], self.content[p.pid], self.areas[p.pid], self.lazy[p.pid]
+        del self.guards[p.pid]
 
     @invariant()
     def consistent(self):

@@ -175,6 +175,7 @@ cdef class Zone:
 #   bit0=1: present page               bit1 young, bit2 dirty, bit3 write, bits 4..31 pfn
 #   bit0=0, bits1..3 == PTE_KIND_SWAP  bits 4..31 swap slot
 #   bit0=0, bits1..3 == PTE_KIND_ZERO  the shared zero page (read-only, not in RSS)
+#   == PTE_GUARD                       a guard marker: kept by MADV_DONTNEED/FREE, dropped by unmap
 # 28 bits of pfn and of slot bound a machine and its swap device at 1 TiB each.
 #
 # A PMD entry is a uint64 (one array of 512 per GiB of address space, owned by the mm):
@@ -191,6 +192,8 @@ cdef enum:
     PTE_PFN_SHIFT = 4
     PTE_KIND_SWAP = 0x2             # (pte & 0xF) for a swap entry
     PTE_KIND_ZERO = 0x4             # (pte & 0xF) for the zero page
+    PTE_GUARD = 0x6                 # the whole PTE: a guard-region marker (MADV_GUARD_INSTALL);
+                                    # not present, not swap, no page; an access is SIGSEGV
     PTRS_PER_PTE = 512
 
 cdef enum:
@@ -219,6 +222,7 @@ cdef enum:
                                     # layer must handle (none PMD, huge zero write, COW of a
                                     # huge PMD, a split to do, partly mapped THPs to queue)
     FAULT_BAD_PMD = -3              # a PMD entry names no table / THP in use (corrupt state)
+    FAULT_SIGSEGV = -4              # a guard marker was touched (stats.stopped_at says where)
 
 
 cdef struct FaultStats:
@@ -348,12 +352,13 @@ cdef class PageTables:
     cdef int fault_pte_range(self, int64_t tid, int i0, int i1, bint write, bint vma_write,
                              int64_t vpn0, int value_mode, uint32_t value, uint32_t* out,
                              uint16_t memcg) noexcept nogil
-    cdef void zap_pte_range(self, int64_t tid, int i0, int i1) noexcept nogil
+    cdef void zap_pte_range(self, int64_t tid, int i0, int i1, bint keep_guards) noexcept nogil
     cdef bint pmd_valid(self, uint64_t entry) noexcept nogil
     cdef int fault_pmd_range(self, uint64_t* pmds, int64_t vpn, int64_t vpn_end, bint write,
                              bint vma_write, int value_mode, uint32_t value, uint32_t* out,
                              uint16_t memcg) noexcept nogil
-    cdef int zap_pmd_range(self, uint64_t* pmds, int64_t vpn, int64_t vpn_end) noexcept nogil
+    cdef int zap_pmd_range(self, uint64_t* pmds, int64_t vpn, int64_t vpn_end,
+                           bint keep_guards) noexcept nogil
     cdef int _check_pmd_range(self, uint64_t[::1] pmds, int64_t vpn, int64_t vpn_end) except -1
     cdef int64_t swap_alloc_slot(self) noexcept nogil
     cdef int64_t swap_alloc_cluster(self) noexcept nogil

@@ -53,6 +53,8 @@ PY_PMD_KIND_HUGE_ZERO: Final = 0x3
 """PMD kind (bits 0..1): maps the huge zero page."""
 PY_FAULT_SLOW: Final = 1
 """fault_range/zap_range: stopped at a region the kernel-model layer must handle."""
+PY_FAULT_SIGSEGV: Final = -4
+"""A fault reached a guard marker (MADV_GUARD_INSTALL)."""
 PY_FAULT_BAD_PMD: Final = -3
 """fault_range/zap_range: a PMD entry names no table or THP in use (corrupt state)."""
 PY_PTE_PRESENT: Final = 0x1
@@ -67,6 +69,8 @@ PY_PTE_KIND_SWAP: Final = 0x2
 """(pte & 0xF) of a swap entry (slot in bits 4..31)."""
 PY_PTE_KIND_ZERO: Final = 0x4
 """(pte & 0xF) of a PTE mapping the shared zero page."""
+PY_PTE_GUARD: Final = 0x6
+"""A whole PTE holding a guard-region marker."""
 PY_VALUE_CONSTANT: Final = 0
 """Write-fault value_mode: every page gets `value`."""
 PY_VALUE_GENERATED: Final = 1
@@ -267,15 +271,20 @@ class PageTables:
               value_mode: int, value: int, out: npt.NDArray[np.uint32] | None = None,
               memcg: int = 0) -> int:
         """handle_pte_fault() for PTEs i0..i1-1 (reads fill `out`): 0, -1 (OOM) or -2 (charge)."""
-    def zap(self, tid: int, i0: int, i1: int) -> None:
-        """zap_pte_range(): clear PTEs i0..i1-1, dropping pages and swap slots."""
+    def zap(self, tid: int, i0: int, i1: int, keep_guards: bool = False) -> None:
+        """zap_pte_range(): clear PTEs i0..i1-1, dropping pages and swap slots (guard markers
+        too unless keep_guards)."""
+    def guard(self, tid: int, i0: int, i1: int, install: bool) -> int:
+        """Install guard markers on the none PTEs i0..i1-1, or remove the markers there;
+        returns how many changed."""
     def fault_range(self, pmds: npt.NDArray[np.uint64], vpn: int, vpn_end: int, write: bool,
                     vma_write: bool, value_mode: int, value: int,
                     out: npt.NDArray[np.uint32] | None = None, memcg: int = 0) -> int:
         """Fault pages vpn..vpn_end-1 of one GiB (PMD array `pmds`) through PTE tables and
         ready huge PMDs, stats accumulating: 0, 1 (a region needs the kernel-model layer),
         -1/-2 (OOM/charge) or -3 (corrupt PMD), stopping at get_stats().stopped_vpn."""
-    def zap_range(self, pmds: npt.NDArray[np.uint64], vpn: int, vpn_end: int) -> int:
+    def zap_range(self, pmds: npt.NDArray[np.uint64], vpn: int, vpn_end: int,
+                  keep_guards: bool = False) -> int:
         """Zap pages vpn..vpn_end-1 of PTE-table regions of one GiB: 0, 1 (a huge PMD or partly
         mapped THPs to queue) or -3, stopping at get_stats().stopped_vpn."""
     def reclaim(self, tid: int, i0: int, i1: int, want: int, memcg: int = -1,

@@ -838,6 +838,8 @@ PY_PTE_DIRTY = PTE_DIRTY
 PY_PTE_WRITE = PTE_WRITE
 PY_PTE_KIND_SWAP = PTE_KIND_SWAP
 PY_PTE_KIND_ZERO = PTE_KIND_ZERO
+PY_PTE_GUARD = PTE_GUARD
+PY_FAULT_SIGSEGV = FAULT_SIGSEGV
 PY_VALUE_CONSTANT = VALUE_CONSTANT
 PY_VALUE_GENERATED = VALUE_GENERATED
 SCAN_RESULTS = ["SCAN_FAIL", "SCAN_SUCCEED", "SCAN_PMD_NULL", "SCAN_PMD_NONE", "SCAN_PMD_MAPPED",
@@ -1018,6 +1020,9 @@ cdef class PageTables:
         for i in range(i0, i1):
             pte = self.ptes[base + i]
             vpn = vpn0 + (i - i0)
+            if pte == PTE_GUARD:
+                self.stats.stopped_at = i
+                return FAULT_SIGSEGV
             if pte & PTE_PRESENT:
                 pfn = pte >> PTE_PFN_SHIFT
                 if write:
@@ -1081,14 +1086,18 @@ cdef class PageTables:
             self.ptes[base + i] = pte
         return FAULT_OK
 
-    cdef void zap_pte_range(self, int64_t tid, int i0, int i1) noexcept nogil:
-        """zap_pte_range(): clear PTEs i0..i1-1, dropping pages and swap slots."""
+    cdef void zap_pte_range(self, int64_t tid, int i0, int i1, bint keep_guards) noexcept nogil:
+        """zap_pte_range(): clear PTEs i0..i1-1, dropping pages and swap slots; guard markers
+        stay when keep_guards (MADV_DONTNEED), go otherwise (munmap, exit)."""
         cdef int64_t base = tid * PTRS_PER_PTE
         cdef uint32_t pte, slot
         cdef int i
         for i in range(i0, i1):
             pte = self.ptes[base + i]
-            if pte == 0:
+            if pte == 0 or (pte == PTE_GUARD and keep_guards):
+                continue
+            if pte == PTE_GUARD:
+                self.ptes[base + i] = 0
                 continue
             self.ptes[base + i] = 0
             if pte & PTE_PRESENT:
@@ -1251,7 +1260,7 @@ cdef class PageTables:
         memset(&self.scan, 0, sizeof(ScanCounts))
         for i in range(PTRS_PER_PTE):
             pte = self.ptes[base + i]
-            if (pte & 0xF) == PTE_KIND_SWAP:
+            if (pte & 0xF) == PTE_KIND_SWAP or pte == PTE_GUARD:   # both are is_swap_pte()
                 self.scan.unmapped += 1
                 if is_khugepaged and max_swap >= 0 and self.scan.unmapped > max_swap:
                     return SCAN_EXCEED_SWAP_PTE
@@ -1280,7 +1289,7 @@ cdef class PageTables:
                     for j in range(PTRS_PER_PTE):
                         total += self.zone.mapcount[head + j]
                         q = self.ptes[base + j]
-                        if q != 0 and (q & 0xF) != PTE_KIND_SWAP and (q & 0xF) != PTE_KIND_ZERO \
+                        if (q & PTE_PRESENT) \
                                 and ((q >> PTE_PFN_SHIFT) & ~(<uint32_t>PTRS_PER_PTE - 1)) == head:
                             here += 1
                     last_head = head
@@ -1370,7 +1379,8 @@ cdef class PageTables:
         self.stats.stopped_vpn = vpn_end
         return FAULT_OK
 
-    cdef int zap_pmd_range(self, uint64_t* pmds, int64_t vpn, int64_t vpn_end) noexcept nogil:
+    cdef int zap_pmd_range(self, uint64_t* pmds, int64_t vpn, int64_t vpn_end,
+                           bint keep_guards) noexcept nogil:
         """zap_pmd_range() over PTE-table regions of one GiB's PMD array; stops with
         FAULT_SLOW at a huge PMD (zap or split: kernel-model work) or once THPs are left
         partly mapped (to be queued for deferred split before going on)."""
@@ -1393,7 +1403,7 @@ cdef class PageTables:
                 if (entry & PMD_KIND_MASK) != PMD_KIND_TABLE:
                     self.stats.stopped_vpn = vpn
                     return FAULT_SLOW
-                self.zap_pte_range(<int64_t>(entry >> PMD_TABLE_SHIFT), i0, i1)
+                self.zap_pte_range(<int64_t>(entry >> PMD_TABLE_SHIFT), i0, i1, keep_guards)
             vpn = rvpn + i1
         self.stats.stopped_vpn = vpn_end
         return FAULT_OK
@@ -1460,12 +1470,30 @@ cdef class PageTables:
                                       outp, <uint16_t>memcg)
         return rc
 
-    def zap(self, int64_t tid, int i0, int i1):
+    def zap(self, int64_t tid, int i0, int i1, bint keep_guards=False):
         self._check_tid(tid)
         if not 0 <= i0 <= i1 <= PTRS_PER_PTE:
             raise ValueError("PTE index range outside a table")
         with nogil:
-            self.zap_pte_range(tid, i0, i1)
+            self.zap_pte_range(tid, i0, i1, keep_guards)
+
+    def guard(self, int64_t tid, int i0, int i1, bint install):
+        """MADV_GUARD_INSTALL (on none PTEs: zap the range first) or MADV_GUARD_REMOVE (clears
+        markers only) over PTEs i0..i1-1. Returns the markers changed."""
+        self._check_tid(tid)
+        if not 0 <= i0 <= i1 <= PTRS_PER_PTE:
+            raise ValueError("PTE index range outside a table")
+        cdef int64_t base = tid * PTRS_PER_PTE, changed = 0
+        cdef int i
+        with nogil:
+            for i in range(i0, i1):
+                if install and self.ptes[base + i] == 0:
+                    self.ptes[base + i] = PTE_GUARD
+                    changed += 1
+                elif not install and self.ptes[base + i] == PTE_GUARD:
+                    self.ptes[base + i] = 0
+                    changed += 1
+        return changed
 
     cdef int _check_pmd_range(self, uint64_t[::1] pmds, int64_t vpn, int64_t vpn_end) except -1:
         if pmds.shape[0] != PTRS_PER_PMD:
@@ -1497,14 +1525,14 @@ cdef class PageTables:
                                       outp, <uint16_t>memcg)
         return rc
 
-    def zap_range(self, uint64_t[::1] pmds, int64_t vpn, int64_t vpn_end):
+    def zap_range(self, uint64_t[::1] pmds, int64_t vpn, int64_t vpn_end, bint keep_guards=False):
         """Zap pages vpn..vpn_end-1 of PTE-table regions (one GiB, PMD array `pmds`); returns
         FAULT_OK, 1 (stopped at a huge PMD or partly mapped THPs) or -3, with stopped_vpn."""
         self._check_pmd_range(pmds, vpn, vpn_end)
         cdef int rc
         cdef uint64_t* p = &pmds[0]
         with nogil:
-            rc = self.zap_pmd_range(p, vpn, vpn_end)
+            rc = self.zap_pmd_range(p, vpn, vpn_end, keep_guards)
         return rc
 
     def reclaim(self, int64_t tid, int i0, int i1, int64_t want, int memcg=-1, bint can_swap=True):
@@ -1759,8 +1787,8 @@ cdef class PageTables:
         cdef int64_t base = tid * PTRS_PER_PTE, i, released = 0
         cdef uint32_t pte
         for i in range(PTRS_PER_PTE):
-            if (self.ptes[base + i] & 0xF) == PTE_KIND_SWAP:
-                raise ValueError("collapse_copy over a swap entry")
+            if (self.ptes[base + i] & 0xF) == PTE_KIND_SWAP or self.ptes[base + i] == PTE_GUARD:
+                raise ValueError("collapse_copy over a swap entry or guard marker")
         with nogil:
             for i in range(PTRS_PER_PTE):
                 pte = self.ptes[base + i]
@@ -2070,7 +2098,7 @@ cdef class PageTables:
                     if slot >= self.swap_slots:
                         return f"swap entry {slot} outside the device"
                     swap_refs[slot] += 1
-                elif pte != 0 and pte != PTE_KIND_ZERO:
+                elif pte != 0 and pte != PTE_KIND_ZERO and pte != PTE_GUARD:
                     return f"table {tid} has a malformed PTE {pte:#x}"
         if len(seen) != self.nr_tables:
             return f"{self.nr_tables} tables allocated but {len(seen)} referenced"
@@ -2138,7 +2166,7 @@ def scan_pagemap(const uint64_t[::1] pagemap, const uint64_t[::1] kpageflags,
     out_np = np.zeros((max(nreg, 0), 7), dtype=np.int32)
     cdef int32_t[:, ::1] out = out_np
     cdef uint64_t e, f
-    cdef uint64_t PRESENT = <uint64_t>1 << 63, SWAP = <uint64_t>1 << 62
+    cdef uint64_t PRESENT = <uint64_t>1 << 63, SWAP = <uint64_t>1 << 62, GUARD = <uint64_t>1 << 58
     cdef uint64_t PFN = (<uint64_t>1 << 55) - 1
     cdef uint64_t THP = <uint64_t>1 << 22, ZERO = <uint64_t>1 << 24
     cdef bint pmd
@@ -2156,7 +2184,7 @@ def scan_pagemap(const uint64_t[::1] pagemap, const uint64_t[::1] kpageflags,
                         out[r, 4] += 1
                     if f & THP:
                         out[r, 5] += 1
-            elif e & SWAP:
+            elif (e & SWAP) and not (e & GUARD):
                 out[r, 1] += 1
             else:
                 out[r, 2] += 1

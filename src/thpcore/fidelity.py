@@ -55,6 +55,12 @@ class Live:
     def munmap(self, r, off, length):
         return r.munmap(off, length)
 
+    def mlock(self, r, off, length):
+        return live.raw_mlock(r.addr + off, length)
+
+    def munlock(self, r, off, length):
+        return live.raw_mlock(r.addr + off, length, lock=False)
+
     def mremap(self, r, off, old_len, new_len, flags=0, new_addr=0):
         """(new address or None, errno). The regions are told what moved, so that closing
         them unmaps exactly what this scenario still maps."""
@@ -83,6 +89,21 @@ class Live:
     def view(self, addr, length):
         """A region object over memory this process already maps (not owned)."""
         return live.Region(addr, length, PROT_READ | PROT_WRITE, owned=False)
+
+    def probe(self, r, off):
+        """Read one page in a forked child: its content word, or "SIGSEGV"."""
+        try:
+            return live.fork_and_run(lambda: int(r.read(off, 4096, force=True)[0]))
+        except live.ChildDied as e:
+            return "SIGSEGV" if e.signal == 11 else f"signal {e.signal}"
+
+    def pagemap_flags(self, r, off, length):
+        """Each page's pagemap entry without the pfn / swap offset (bits 55-63), except guard
+        markers, whose entry is fixed and compared whole."""
+        out = []
+        for e in r.pagemap(off, length):
+            out.append(e if e & (1 << 58) else e >> 55)
+        return out
 
     def write(self, r, off, length, value=1):
         r.write(off, length, value=value)
@@ -145,6 +166,12 @@ class Sim:
     def munmap(self, r, off, length):
         return self._errno(lambda: r.p.munmap(r.addr + off, length))
 
+    def mlock(self, r, off, length):
+        return self._errno(lambda: r.p.mlock(r.addr + off, length))
+
+    def munlock(self, r, off, length):
+        return self._errno(lambda: r.p.munlock(r.addr + off, length))
+
     def mremap(self, r, off, old_len, new_len, flags=0, new_addr=0):
         try:
             return r.p.mremap(r.addr + off, old_len, new_len, flags, new_addr), 0
@@ -153,6 +180,18 @@ class Sim:
 
     def view(self, addr, length):
         return SimRegion(self.p, addr, length)
+
+    def probe(self, r, off):
+        from .process import SegmentationFault
+        try:
+            return int(r.p.read(r.addr + off, 4096)[0])
+        except SegmentationFault:
+            return "SIGSEGV"
+
+    def pagemap_flags(self, r, off, length):
+        from .task_mmu import pagemap
+        return [int(e) if int(e) & (1 << 58) else int(e) >> 55
+                for e in pagemap(self.m, r.p.mm, r.addr + off, r.addr + off + length)]
 
     def write(self, r, off, length, value=1):
         r.p.write(r.addr + off, length, value=value)
@@ -415,6 +454,52 @@ def _mremap_errno(b):
     return [b.mremap(*c)[1] for c in calls]
 
 
+MADV_GUARD_INSTALL, MADV_GUARD_REMOVE = 102, 103
+
+
+def _guard(case):
+    """Guard regions (6.13+) in and around THPs."""
+    def scenario(b):
+        r = b.region(4 * MB)
+        b.madvise(r, 0, 4 * MB, MADV_HUGEPAGE)
+        b.write(r, 0, 4 * MB, value=7)
+        v0 = b.vmstat()
+        if case == "install":
+            rc = b.madvise(r, 4096, 4096, MADV_GUARD_INSTALL)      # inside the first THP
+            rc2 = b.madvise(r, 2 * MB, 2 * MB, MADV_GUARD_INSTALL)  # a whole THP
+            d = delta(v0, b.vmstat(), ["thp_split_pmd", "thp_deferred_split_page",
+                                       "thp_split_page"])
+            return (rc, rc2, d, b.smaps(r), b.probe(r, 4096), b.probe(r, 0),
+                    b.probe(r, 3 * MB), b.pagemap_flags(r, 0, 3 * 4096))
+        b.madvise(r, 8192, 4096, MADV_GUARD_INSTALL)
+        if case == "dontneed_free_keep":
+            rcs = (b.madvise(r, 0, 2 * MB, MADV_DONTNEED), b.madvise(r, 0, 16384, MADV_FREE))
+            return rcs, b.probe(r, 8192), b.probe(r, 4096), b.smaps(r)
+        if case == "collapse":
+            b.write(r, 0, 8192, value=1)
+            b.write(r, 12288, 2 * MB - 12288, value=1)
+            v1 = b.vmstat()
+            rc = b.madvise(r, 0, 2 * MB, MADV_COLLAPSE)
+            d = delta(v1, b.vmstat(), ["thp_collapse_alloc", "thp_collapse_alloc_failed"])
+            rc2 = b.madvise(r, 8192, 4096, MADV_GUARD_REMOVE)
+            after = b.probe(r, 8192)
+            rc3 = b.madvise(r, 0, 2 * MB, MADV_COLLAPSE)
+            return rc, d, rc2, after, rc3, b.smaps(r)
+        # errno: unaligned start, on a locked VMA, install twice, remove where there is none,
+        # install on a read-only VMA
+        out = [b.madvise(r, 1, 4096, MADV_GUARD_INSTALL),
+               b.madvise(r, 8192, 4096, MADV_GUARD_INSTALL),
+               b.madvise(r, 16384, 4096, MADV_GUARD_REMOVE)]
+        b.mprotect(r, 3 * MB, MB, PROT_READ)
+        out.append(b.madvise(r, 3 * MB, 4096, MADV_GUARD_INSTALL))
+        out.append(b.mlock(r, 2 * MB, MB))
+        out.append(b.madvise(r, 2 * MB, 4096, MADV_GUARD_INSTALL))
+        out.append(b.madvise(r, 2 * MB, 4096, MADV_GUARD_REMOVE))
+        out.append(b.munlock(r, 2 * MB, MB))
+        return out
+    return scenario
+
+
 def _free_drops_swap(b):
     """MADV_FREE over swapped-out pages frees their swap entries: they read back as zeroes."""
     r = b.region(4 * MB)
@@ -600,6 +685,8 @@ def _suite():
         out.append((f"mremap grow {'in place' if inplace else 'by moving'}",
                     _mremap_grow(inplace), {"enabled": "madvise"}))
     out.append(("mremap errno", _mremap_errno, {"enabled": "madvise"}))
+    for case in ("install", "dontneed_free_keep", "collapse", "errno"):
+        out.append((f"guard {case}", _guard(case), {"enabled": "madvise"}))
     out.append(("MADV_FREE drops swap entries", _free_drops_swap,
                 {"enabled": "madvise", "swap": True}))
     out.append(("madvise errno", _madvise_errno, {"enabled": "madvise"}))

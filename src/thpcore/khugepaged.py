@@ -133,7 +133,8 @@ def collapse_huge_page(machine: "Machine", mm: MM, vma: VMA, region: int, cc: Co
     if unmapped:
         # __collapse_huge_page_swapin(): fault every swap entry back in (as reads).
         table = pt.table(tid)
-        swap = np.nonzero((table & 0xF) == 2)[0]
+        # Guard markers are swap-type entries too; faulting one in fails (SCAN_FAIL).
+        swap = np.nonzero(((table & 0xF) == 2) | (table == _engine.PY_PTE_GUARD))[0]
         pt.reset_stats()
         for i in swap:
             if pt.fault(tid, int(i), int(i) + 1, False, bool(vma.flags & VM_WRITE),

@@ -185,6 +185,15 @@ def raw_mprotect(addr: int, length: int, prot: int) -> int:
     return ctypes.get_errno() if rc != 0 else 0
 
 
+def raw_mlock(addr: int, length: int, lock: bool = True) -> int:
+    """mlock(2) (or munlock) on raw numbers. Returns 0 or the errno."""
+    fn = _libc.mlock if lock else _libc.munlock
+    fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    ctypes.set_errno(0)
+    rc = fn(_u(addr), _u(length))
+    return ctypes.get_errno() if rc != 0 else 0
+
+
 def raw_munmap(addr: int, length: int) -> int:
     """munmap(2) on raw numbers. Returns 0 or the errno."""
     ctypes.set_errno(0)

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 from . import constants as C
 from .huge_memory import split_huge_pmds_at
 from .memory import khugepaged_enter_vma, zap_page_range
-from .mm import MM
-from .vma import (PAGE_SIZE, VM_DONTCOPY, VM_DONTDUMP, VM_HUGEPAGE, VM_LOCKED, VM_NOHUGEPAGE,
+from .mm import MM, PMD_KIND_TABLE, pmd_kind, pmd_table_id
+from .vma import (PAGE_SHIFT, PAGE_SIZE, VM_DONTCOPY, VM_DONTDUMP, VM_HUGEPAGE, VM_LOCKED, VM_NOHUGEPAGE,
                   VM_WIPEONFORK, VMA)
 
 if TYPE_CHECKING:
@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 VM_SEQ_READ = 0x8000
 VM_RAND_READ = 0x10000
-MADV_GUARD_INSTALL = 102
-MADV_GUARD_REMOVE = 103
+MADV_GUARD_INSTALL = C.MADV_GUARD_INSTALL
+MADV_GUARD_REMOVE = C.MADV_GUARD_REMOVE
 MADV_HWPOISON = 100
 MADV_SOFT_OFFLINE = 101
 
@@ -73,8 +73,7 @@ def do_madvise(machine: "Machine", mm: MM, start: int, length: int, advice: int,
     end = check_madvise_args(start, length, advice)
     if end is None:
         return
-    if advice in (C.MADV_MERGEABLE, C.MADV_UNMERGEABLE, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE,
-                  MADV_HWPOISON, MADV_SOFT_OFFLINE):
+    if advice in (C.MADV_MERGEABLE, C.MADV_UNMERGEABLE, MADV_HWPOISON, MADV_SOFT_OFFLINE):
         raise Unsupported(f"madvise advice {advice} is not modelled by thpcore yet")
     if advice == C.MADV_REMOVE:
         # madvise_remove(): only for shared file mappings.
@@ -117,6 +116,30 @@ def _set_vma_flags(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int, set_:
     return mm.vmas.find(lo)
 
 
+def madvise_guard(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int, install: bool) -> None:
+    """MADV_GUARD_INSTALL / MADV_GUARD_REMOVE (6.13+) on private anonymous memory. Install
+    zaps the range (a THP it covers whole is zapped, one it cuts is split first), then puts a
+    guard marker in every PTE: an access is SIGSEGV, MADV_DONTNEED and MADV_FREE keep the
+    markers, munmap drops them, fork copies them, and to collapse they count as swap entries
+    that cannot be faulted in (MADV_COLLAPSE: EINVAL). Remove clears markers only. Install on
+    a VM_LOCKED VMA is EINVAL."""
+    from .memory import _pte_table
+    if install and vma.flags & VM_LOCKED:
+        raise OSError(errno.EINVAL, "Invalid argument: guard regions in a locked VMA")
+    pt = machine.page_tables
+    if install:
+        zap_page_range(machine, mm, lo, hi)
+        mm.has_guards = True
+    for region, a, b in mm.regions(lo, hi):
+        if install:
+            tid = _pte_table(machine, mm, region)
+        elif pmd_kind(mm.get_pmd(region)) == PMD_KIND_TABLE:
+            tid = pmd_table_id(mm.get_pmd(region))
+        else:
+            continue
+        pt.guard(tid, (a - region) >> PAGE_SHIFT, (b - region) >> PAGE_SHIFT, install)
+
+
 def madvise_vma(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int, advice: int) -> None:
     if advice in FLAG_ADVICE:
         set_, clear = FLAG_ADVICE[advice]
@@ -127,7 +150,10 @@ def madvise_vma(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int, advice: 
     if advice in (C.MADV_DONTNEED, C.MADV_DONTNEED_LOCKED):
         if vma.flags & VM_LOCKED and advice == C.MADV_DONTNEED:
             raise OSError(errno.EINVAL, "Invalid argument: MADV_DONTNEED on a locked VMA")
-        zap_page_range(machine, mm, lo, hi)
+        zap_page_range(machine, mm, lo, hi, keep_guards=True)
+        return
+    if advice in (MADV_GUARD_INSTALL, MADV_GUARD_REMOVE):
+        madvise_guard(machine, mm, vma, lo, hi, install=advice == MADV_GUARD_INSTALL)
         return
     if advice in (C.MADV_COLD, C.MADV_PAGEOUT):
         if vma.flags & VM_LOCKED:

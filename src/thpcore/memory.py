@@ -219,6 +219,8 @@ def _fault_pmd_range(machine, mm, arr, lo, hi, write, vma_write, value_mode, val
             return vpn << PAGE_SHIFT
         if rc == _engine.PY_FAULT_BAD_PMD:
             raise RuntimeError(f"corrupt PMD entry at {vpn << PAGE_SHIFT:#x}")
+        if rc == _engine.PY_FAULT_SIGSEGV:
+            _guard_fault(vpn << PAGE_SHIFT)
         retries = _fault_failed(machine, mm, rc, retries)
 
 
@@ -297,7 +299,15 @@ def _fault_ptes(machine, mm, tid, i0, i1, write, vma_write, vpn0, value_mode, va
         if out is not None:
             out = out[done:]
         i0 = stats["stopped_at"]
+        if rc == _engine.PY_FAULT_SIGSEGV:
+            _guard_fault(vpn0 << PAGE_SHIFT)
         retries = _fault_failed(machine, mm, rc, retries)
+
+
+def _guard_fault(addr: int) -> None:
+    """A fault reached a guard marker (the access check normally catches it first)."""
+    from .process import SegmentationFault
+    raise SegmentationFault(addr, "guard region")
 
 
 def _fault_failed(machine, mm, rc: int, retries: int) -> int:
@@ -355,8 +365,10 @@ def _account(machine: "Machine", mm: MM, stats: dict) -> None:
         machine.folio_partially_mapped(int(head))
 
 
-def zap_page_range(machine: "Machine", mm: MM, start: int, end: int) -> None:
-    """unmap_page_range(): unmap [start, end) (page aligned), splitting huge PMDs it cuts."""
+def zap_page_range(machine: "Machine", mm: MM, start: int, end: int,
+                   keep_guards: bool = False) -> None:
+    """unmap_page_range(): unmap [start, end) (page aligned), splitting huge PMDs it cuts.
+    Guard markers stay with keep_guards (MADV_DONTNEED), go otherwise (munmap, exit)."""
     pos = start
     while pos < end:
         if FAST_RANGE_WALKS:
@@ -365,19 +377,19 @@ def zap_page_range(machine: "Machine", mm: MM, start: int, end: int) -> None:
             if arr is None:                         # nothing was ever mapped in this GiB
                 pos = gend
                 continue
-            pos = _zap_pmd_range(machine, mm, arr, pos, gend)
+            pos = _zap_pmd_range(machine, mm, arr, pos, gend, keep_guards)
             if pos == gend:
                 continue
         region = pos & ~(PMD_SIZE - 1)
         hi = min(end, region + PMD_SIZE)
-        _zap_region(machine, mm, region, pos, hi)
+        _zap_region(machine, mm, region, pos, hi, keep_guards)
         pos = hi
 
 
-def _zap_pmd_range(machine, mm, arr, lo, hi) -> int:
+def _zap_pmd_range(machine, mm, arr, lo, hi, keep_guards) -> int:
     pt = machine.page_tables
     pt.reset_stats()
-    rc = pt.zap_range(arr, lo >> PAGE_SHIFT, hi >> PAGE_SHIFT)
+    rc = pt.zap_range(arr, lo >> PAGE_SHIFT, hi >> PAGE_SHIFT, keep_guards)
     stats = pt.get_stats()
     _account_zap(machine, mm, stats)
     if rc == _engine.PY_FAULT_BAD_PMD:
@@ -385,7 +397,7 @@ def _zap_pmd_range(machine, mm, arr, lo, hi) -> int:
     return stats["stopped_vpn"] << PAGE_SHIFT
 
 
-def _zap_region(machine, mm, region, lo, hi) -> None:
+def _zap_region(machine, mm, region, lo, hi, keep_guards) -> None:
     pt = machine.page_tables
     entry = mm.get_pmd(region)
     kind = pmd_kind(entry)
@@ -399,7 +411,7 @@ def _zap_region(machine, mm, region, lo, hi) -> None:
         entry = mm.get_pmd(region)
     tid = pmd_table_id(entry)
     pt.reset_stats()
-    pt.zap(tid, (lo - region) >> PAGE_SHIFT, (hi - region) >> PAGE_SHIFT)
+    pt.zap(tid, (lo - region) >> PAGE_SHIFT, (hi - region) >> PAGE_SHIFT, keep_guards)
     _account_zap(machine, mm, pt.get_stats())
 
 

@@ -59,6 +59,7 @@ class MM:
         self.registered = False            # MMF_VM_HUGEPAGE: on khugepaged's list
         self.thp_disable = 0               # 0, or prctl's PR_SET_THP_DISABLE flags + 1
         self.huge_zero_used = False        # MMF_HUGE_ZERO_FOLIO
+        self.has_guards = False            # a guard marker was ever installed (accesses check)
 
     # ---- PMD directory ---------------------------------------------------------------------
 
@@ -114,6 +115,22 @@ class MM:
             kind = pmd_kind(entry)
             if entry and kind != PMD_KIND_HUGE_ZERO:
                 yield region, lo, hi, entry, kind
+
+    def first_guard(self, start: int, end: int) -> int | None:
+        """The address of the first guard marker in [start, end), or None."""
+        if not self.has_guards:
+            return None
+        pt = self.machine.page_tables
+        for region, lo, hi in self.regions(start, end):
+            entry = self.get_pmd(region)
+            if pmd_kind(entry) != PMD_KIND_TABLE:
+                continue
+            i0 = (lo - region) >> 12
+            hits = np.flatnonzero(pt.table(pmd_table_id(entry))[i0:(hi - region) >> 12]
+                                  == _engine.PY_PTE_GUARD)
+            if hits.size:
+                return lo + (int(hits[0]) << 12)
+        return None
 
     def nr_huge_pmds(self) -> int:
         """PMD-mapped THPs in this mm (AnonHugePages / 2 MiB), counted over the directory."""

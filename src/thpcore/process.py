@@ -159,6 +159,9 @@ class Process:
             pos = min(end, vma.end)
         if pos < end:
             raise SegmentationFault(pos, "unmapped address")
+        guard = mm.first_guard(start, end)
+        if guard is not None:
+            raise SegmentationFault(guard, "guard region")
         return pieces
 
     @_syscall
@@ -325,6 +328,7 @@ def dup_mm(machine: "Machine", parent: MM, child: MM) -> None:
     from .vma import VM_DONTCOPY, VM_WIPEONFORK, VMA
 
     pt = machine.page_tables
+    child.has_guards = parent.has_guards           # copy_pte_range() copies guard markers
     for v in parent.vmas:
         if v.flags & VM_DONTCOPY:
             continue

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import _engine
 from .huge_memory import TVA, thp_vma_allowable
 from .mm import MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, PMD_YOUNG, pmd_huge_pfn, pmd_kind, pmd_table_id
 from .vma import PAGE_SHIFT, PMD_SIZE, VM_LOCKED, VMFLAG_NAMES, VMA
@@ -155,6 +156,7 @@ def render_smaps_rollup(machine: "Machine", mm: MM) -> str:
 
 PM_PRESENT = 1 << 63
 PM_SWAP = 1 << 62
+PM_GUARD_REGION = 1 << 58
 PM_MMAP_EXCLUSIVE = 1 << 56
 
 
@@ -191,6 +193,9 @@ def pagemap(machine: "Machine", mm: MM, start: int, end: int) -> np.ndarray:
             o[present] = PM_PRESENT | pfn[present]
             o[present & excl] |= np.uint64(PM_MMAP_EXCLUSIVE)
             o[swap] = PM_SWAP | (pfn[swap] << np.uint64(5))
+            # A guard marker reads as a PTE-marker swap entry (type 31, PTE_MARKER_GUARD)
+            # with PM_GUARD_REGION, as on the live kernel.
+            o[seg == _engine.PY_PTE_GUARD] = PM_SWAP | PM_GUARD_REGION | np.uint64((4 << 5) | 31)
             o[zero] = PM_PRESENT | np.uint64(zero_pfn)
     return out
 
