@@ -488,3 +488,30 @@ def test_split_of_an_all_zero_thp_frees_it(m):
     assert rollup(p)["Rss"] == 0
     assert m.page_alloc.zone.nr_free_pages == free + 512
     m.check()
+
+
+@pytest.mark.parametrize("how", ["mlock", "populate_write", "populate_read", "map_populate"])
+def test_populating_keeps_the_data_already_there(how):
+    """mlock, MADV_POPULATE_* and MAP_POPULATE fault pages in without storing anything: pages
+    already there keep their content (4 KiB pages, a THP, a swapped-out page), new ones are 0."""
+    import thpcore
+    from thpcore import (MADV_HUGEPAGE, MADV_PAGEOUT, MADV_POPULATE_READ, MADV_POPULATE_WRITE,
+                         MAP_ANONYMOUS, MAP_FIXED, MAP_POPULATE, MAP_PRIVATE)
+    m = thpcore.Machine("1G", swap="16M", seed=0, transparent_hugepage="madvise")
+    p = m.spawn()
+    a = p.mmap(6 << 20)
+    p.madvise(a + (2 << 20), 2 << 20, MADV_HUGEPAGE)
+    p.write(a, 1 << 20, 5)                               # 4 KiB pages
+    p.write(a + (2 << 20), 2 << 20, 6)                   # a THP
+    p.madvise(a, 4096, MADV_PAGEOUT)                     # one page in swap
+    if how == "mlock":
+        p.mlock(a, 6 << 20)
+    elif how == "map_populate":
+        p.mmap(2 << 20, addr=a + (4 << 20),
+               flags=MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_POPULATE)
+    else:
+        p.madvise(a, 6 << 20, MADV_POPULATE_WRITE if how == "populate_write" else MADV_POPULATE_READ)
+    words = p.read(a, 6 << 20)
+    assert (words[:256] == 5).all() and (words[256:512] == 0).all()
+    assert (words[512:1024] == 6).all() and (words[1024:] == 0).all()
+    m.check()

@@ -9,14 +9,14 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 import thpcore
 from thpcore.madvise import MADV_GUARD_INSTALL, MADV_GUARD_REMOVE
-from thpcore import (MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE,
+from thpcore import (MADV_POPULATE_READ, MADV_POPULATE_WRITE, MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE,
                      MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE,
                      MADV_PAGEOUT, PROT_NONE, PROT_READ, PROT_WRITE, SegmentationFault)
 
 PAGE = 4096
 MB = 1 << 20
 ADVICE = [MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTNEED, MADV_COLD, MADV_PAGEOUT, MADV_FREE, 0,
-          MADV_COLLAPSE]
+          MADV_COLLAPSE, MADV_POPULATE_READ, MADV_POPULATE_WRITE]
 
 
 class ProcessMachine(RuleBasedStateMachine):
@@ -119,7 +119,8 @@ class ProcessMachine(RuleBasedStateMachine):
         try:
             p.madvise(addr, length, advice)
         except OSError as e:
-            assert e.errno in (errno.ENOMEM, errno.EINVAL, errno.EAGAIN, errno.EBUSY)
+            # EFAULT: MADV_POPULATE_* ran into a guard region
+            assert e.errno in (errno.ENOMEM, errno.EINVAL, errno.EAGAIN, errno.EBUSY, errno.EFAULT)
         if advice == MADV_FREE:
             self.lazy[p.pid].update(range(addr, addr + length, PAGE))
         if advice == MADV_DONTNEED:

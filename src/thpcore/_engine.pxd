@@ -212,6 +212,8 @@ cdef enum:
 cdef enum:
     VALUE_CONSTANT = 0              # every page gets `value`
     VALUE_GENERATED = 1             # page at vpn v gets mix(v, value) (never 0)
+    VALUE_KEEP = 2                  # a write fault that stores nothing (populate, mlock, GUP):
+                                    # pages keep their content, new pages are zero
 
 # Results of PageTables kernels.
 cdef enum:

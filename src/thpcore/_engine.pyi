@@ -75,6 +75,8 @@ PY_VALUE_CONSTANT: Final = 0
 """Write-fault value_mode: every page gets `value`."""
 PY_VALUE_GENERATED: Final = 1
 """Write-fault value_mode: the page at vpn v gets a non-zero mix(v, value)."""
+PY_VALUE_KEEP: Final = 2
+"""Write-fault value_mode: store nothing (populate/mlock): pages keep content, new ones are 0."""
 
 CHECK_MESSAGES: Final[dict[int, str]]
 """Zone.check() code -> description of the violated invariant."""

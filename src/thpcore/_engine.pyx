@@ -822,6 +822,13 @@ cdef inline uint32_t mix_content(int64_t vpn, uint32_t seed) noexcept nogil:
     return r if r else 1
 
 
+cdef int check_value_mode(int value_mode) except -1:
+    if value_mode not in (VALUE_CONSTANT, VALUE_GENERATED, VALUE_KEEP):
+        raise ValueError(f"value_mode must be VALUE_CONSTANT, VALUE_GENERATED or VALUE_KEEP, "
+                         f"not {value_mode}")
+    return 0
+
+
 cdef inline uint32_t page_value(int value_mode, uint32_t value, int64_t vpn) noexcept nogil:
     return value if value_mode == VALUE_CONSTANT else mix_content(vpn, value)
 
@@ -842,6 +849,7 @@ PY_PTE_GUARD = PTE_GUARD
 PY_FAULT_SIGSEGV = FAULT_SIGSEGV
 PY_VALUE_CONSTANT = VALUE_CONSTANT
 PY_VALUE_GENERATED = VALUE_GENERATED
+PY_VALUE_KEEP = VALUE_KEEP
 SCAN_RESULTS = ["SCAN_FAIL", "SCAN_SUCCEED", "SCAN_PMD_NULL", "SCAN_PMD_NONE", "SCAN_PMD_MAPPED",
                 "SCAN_EXCEED_NONE_PTE", "SCAN_EXCEED_SWAP_PTE", "SCAN_EXCEED_SHARED_PTE",
                 "SCAN_PTE_NON_PRESENT", "SCAN_PTE_UFFD_WP", "SCAN_PTE_MAPPED_HUGEPAGE",
@@ -1037,7 +1045,8 @@ cdef class PageTables:
                             self.put_user_frame(<uint32_t>pfn)
                             pfn = newpfn
                             self.stats.cow_copied += 1
-                    self.zone.content[pfn] = page_value(value_mode, value, vpn)
+                    if value_mode != VALUE_KEEP:
+                        self.zone.content[pfn] = page_value(value_mode, value, vpn)
                     pte = (<uint32_t>pfn << PTE_PFN_SHIFT) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_WRITE
                 else:
                     pte |= PTE_YOUNG
@@ -1048,7 +1057,7 @@ cdef class PageTables:
                 # page of its own, so the page is exclusive and mapped writable straight away.
                 slot = pte >> PTE_PFN_SHIFT
                 word = self.swap_content[slot]
-                if write:
+                if write and value_mode != VALUE_KEEP:
                     word = page_value(value_mode, value, vpn)
                 pfn = self.alloc_user_page(word, memcg)
                 if pfn < 0:
@@ -1069,7 +1078,8 @@ cdef class PageTables:
                     out[i - i0] = word
             else:                                           # none or the zero page
                 if write:
-                    newpfn = self.alloc_user_page(page_value(value_mode, value, vpn), memcg)
+                    newpfn = self.alloc_user_page(
+                        0 if value_mode == VALUE_KEEP else page_value(value_mode, value, vpn), memcg)
                     if newpfn < 0:
                         self.stats.stopped_at = i
                         return FAULT_OOM if newpfn == -1 else FAULT_CHARGE
@@ -1361,8 +1371,9 @@ cdef class PageTables:
                     if not (entry & PMD_WRITE):
                         self.stats.stopped_vpn = vpn
                         return FAULT_SLOW
-                    for i in range(i0, i1):
-                        self.zone.content[head + i] = page_value(value_mode, value, rvpn + i)
+                    if value_mode != VALUE_KEEP:
+                        for i in range(i0, i1):
+                            self.zone.content[head + i] = page_value(value_mode, value, rvpn + i)
                     pmds[idx] = entry | PMD_YOUNG | PMD_DIRTY
                 else:
                     if out != NULL:
@@ -1454,6 +1465,7 @@ cdef class PageTables:
         """Fault PTEs i0..i1-1; fills `out` (uint32 array of i1-i0) with contents on reads.
         Returns FAULT_OK (0) or FAULT_OOM (-1: an allocation failed, earlier pages stay)."""
         self._check_tid(tid)
+        check_value_mode(value_mode)
         if not 0 <= i0 <= i1 <= PTRS_PER_PTE:
             raise ValueError("PTE index range outside a table")
         cdef uint32_t[::1] outv
@@ -1510,6 +1522,7 @@ cdef class PageTables:
         (a region needs the kernel-model layer), -1/-2 (OOM/charge) or -3 (a corrupt PMD
         entry), with stats.stopped_vpn where the walk stopped."""
         self._check_pmd_range(pmds, vpn, vpn_end)
+        check_value_mode(value_mode)
         cdef uint32_t[::1] outv
         cdef uint32_t* outp = NULL
         if out is not None:
@@ -2060,10 +2073,12 @@ cdef class PageTables:
     def thp_write(self, int64_t head, int i0, int i1, int value_mode, uint32_t value, int64_t vpn0):
         """Store content words into subpages i0..i1-1 of a THP (a write through its PMD)."""
         self._check_thp(head, i0, i1)
+        check_value_mode(value_mode)
         cdef int i
         with nogil:
             for i in range(i0, i1):
-                self.zone.content[head + i] = page_value(value_mode, value, vpn0 + (i - i0))
+                if value_mode != VALUE_KEEP:
+                    self.zone.content[head + i] = page_value(value_mode, value, vpn0 + (i - i0))
 
     def thp_read(self, int64_t head, int i0, int i1):
         self._check_thp(head, i0, i1)

@@ -14,7 +14,8 @@ import time
 
 import thpcore
 from thpcore import live
-from thpcore.constants import (MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE,
+from thpcore.constants import (MADV_DONTNEED_LOCKED, MADV_POPULATE_READ, MADV_POPULATE_WRITE,
+                               MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE,
                                MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE,
                                MADV_NOHUGEPAGE, MADV_PAGEOUT, PROT_READ, PROT_WRITE)
 
@@ -89,6 +90,10 @@ class Live:
     def view(self, addr, length):
         """A region object over memory this process already maps (not owned)."""
         return live.Region(addr, length, PROT_READ | PROT_WRITE, owned=False)
+
+    def thp_eligible(self, r):
+        """THPeligible of each VMA the region overlaps (smaps)."""
+        return r.thp_eligible()
 
     def probe(self, r, off):
         """Read one page in a forked child: its content word, or "SIGSEGV"."""
@@ -180,6 +185,10 @@ class Sim:
 
     def view(self, addr, length):
         return SimRegion(self.p, addr, length)
+
+    def thp_eligible(self, r):
+        return [e["THPeligible"] for e in r.p.smaps()
+                if e["end"] > r.addr and e["start"] < r.addr + r.length]
 
     def probe(self, r, off):
         from .process import SegmentationFault
@@ -496,8 +505,51 @@ def _guard(case):
         out.append(b.madvise(r, 2 * MB, 4096, MADV_GUARD_INSTALL))
         out.append(b.madvise(r, 2 * MB, 4096, MADV_GUARD_REMOVE))
         out.append(b.munlock(r, 2 * MB, MB))
+        out.append(b.madvise(r, 0, 16384, MADV_POPULATE_WRITE))     # stops at the guard: EFAULT
+        out.append(b.madvise(r, 0, 16384, MADV_POPULATE_READ))
         return out
     return scenario
+
+
+def _thp_eligible(b):
+    """smaps THPeligible for VMA shapes and advice under the scenario's `enabled`."""
+    out = []
+    for length, offset, advice in ((HP, 0, None), (HP, 0, MADV_HUGEPAGE), (HP, 0, MADV_NOHUGEPAGE),
+                                   (MB, 0, MADV_HUGEPAGE), (HP + 4096, 4096, MADV_HUGEPAGE),
+                                   (4 * MB, 4096, None)):
+        r = b.region(length, offset=offset)
+        if advice is not None:
+            b.madvise(r, 0, length, advice)
+        out.append(b.thp_eligible(r))
+    return out
+
+
+def _populate(advice):
+    """MADV_POPULATE_WRITE / _READ of an advised 4 MiB region (huge zero page on reads)."""
+    def scenario(b):
+        r = b.region(4 * MB)
+        b.madvise(r, 0, 4 * MB, MADV_HUGEPAGE)
+        v0 = b.vmstat()
+        rc = b.madvise(r, 0, 4 * MB, advice)
+        return rc, b.smaps(r), delta(v0, b.vmstat(), ["thp_fault_alloc", "thp_fault_fallback"])
+    return scenario
+
+
+def _mlock_thp(b):
+    """mlock populates with THPs; on a locked VMA DONTNEED/COLD/PAGEOUT/FREE are EINVAL and
+    DONTNEED_LOCKED zaps; after munlock PAGEOUT works again (no swap: the THP is split)."""
+    r = b.region(4 * MB)
+    b.madvise(r, 0, 4 * MB, MADV_HUGEPAGE)
+    v0 = b.vmstat()
+    rc = b.mlock(r, 0, 4 * MB)
+    d = delta(v0, b.vmstat(), ["thp_fault_alloc"])
+    locked = b.smaps(r)
+    rcs = [b.madvise(r, 0, HP, a) for a in (MADV_DONTNEED, MADV_COLD, MADV_PAGEOUT, MADV_FREE)]
+    rcs.append(b.madvise(r, 0, HP, MADV_DONTNEED_LOCKED))
+    rcs.append(b.munlock(r, 0, 4 * MB))
+    v1 = b.vmstat()
+    rcs.append(b.madvise(r, 2 * MB, HP, MADV_PAGEOUT))
+    return rc, d, locked, rcs, b.smaps(r), delta(v1, b.vmstat(), ["thp_split_page"])
 
 
 def _free_drops_swap(b):
@@ -544,6 +596,8 @@ COLLAPSE_SETUPS = {
     "partial_thp": lambda b, r: (b.madvise(r, 0, HP, MADV_HUGEPAGE), b.write(r, 0, HP),
                                  b.madvise(r, 0, 4096, MADV_DONTNEED)),
     "already_thp": lambda b, r: (b.madvise(r, 0, HP, MADV_HUGEPAGE), b.write(r, 0, HP)),
+    "prot_none": lambda b, r: (b.write(r, 0, HP), b.mprotect(r, 0, HP, 0)),
+    "mlocked": lambda b, r: (b.write(r, 0, HP), b.mlock(r, 0, HP)),
 }
 
 
@@ -553,8 +607,8 @@ def _collapse_case(setup):
         COLLAPSE_SETUPS[setup](b, r)
         v0 = b.vmstat()
         rc = b.madvise(r, 0, HP, MADV_COLLAPSE)
-        return rc, b.smaps(r), delta(v0, b.vmstat(), ["thp_collapse_alloc"]), \
-            sorted(set(b.read(r, 0, HP)))
+        values = None if setup == "prot_none" else sorted(set(b.read(r, 0, HP)))
+        return rc, b.smaps(r), delta(v0, b.vmstat(), ["thp_collapse_alloc"]), values
     return scenario
 
 
@@ -685,6 +739,12 @@ def _suite():
         out.append((f"mremap grow {'in place' if inplace else 'by moving'}",
                     _mremap_grow(inplace), {"enabled": "madvise"}))
     out.append(("mremap errno", _mremap_errno, {"enabled": "madvise"}))
+    for enabled in ("always", "madvise", "never"):
+        out.append((f"THPeligible enabled={enabled}", _thp_eligible, {"enabled": enabled}))
+    for name, advice in (("WRITE", MADV_POPULATE_WRITE), ("READ", MADV_POPULATE_READ)):
+        out.append((f"MADV_POPULATE_{name} of an advised region", _populate(advice),
+                    {"enabled": "madvise", "use_zero_page": 1}))
+    out.append(("mlock of an advised region", _mlock_thp, {"enabled": "madvise"}))
     for case in ("install", "dontneed_free_keep", "collapse", "errno"):
         out.append((f"guard {case}", _guard(case), {"enabled": "madvise"}))
     out.append(("MADV_FREE drops swap entries", _free_drops_swap,

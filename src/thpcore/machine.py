@@ -311,8 +311,7 @@ class Machine:
     def populate(self, mm, vma, start: int, end: int, write: bool) -> None:
         """MAP_POPULATE / MADV_POPULATE_*: fault the range without storing data."""
         from .memory import handle_mm_fault_range
-        handle_mm_fault_range(self, mm, vma, start, end, write, _engine.PY_VALUE_CONSTANT, 0,
-                              None)
+        handle_mm_fault_range(self, mm, vma, start, end, write, _engine.PY_VALUE_KEEP, 0, None)
 
     # ---- reclaim and OOM -----------------------------------------------------------------------
 

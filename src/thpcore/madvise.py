@@ -168,6 +168,10 @@ def madvise_vma(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int, advice: 
         madvise_free(machine, mm, vma, lo, hi)
         return
     if advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE):
-        machine.populate(mm, vma, lo, hi, write=advice == C.MADV_POPULATE_WRITE)
+        from .process import SegmentationFault
+        try:
+            machine.populate(mm, vma, lo, hi, write=advice == C.MADV_POPULATE_WRITE)
+        except SegmentationFault as e:      # a guard region: VM_FAULT_SIGSEGV is -EFAULT here
+            raise OSError(errno.EFAULT, f"Bad address: populating stopped at {e.addr:#x}") from None
         return
     # MADV_WILLNEED on anonymous memory: swap readahead only, no visible state change here.
