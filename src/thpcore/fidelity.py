@@ -324,6 +324,36 @@ def _fork_cow(b):
     return child_view, b.smaps(r), b.read(r, 0, 2 * 4096)
 
 
+def _collapse_shared_with_child(b):
+    """MADV_COLLAPSE in the parent of 4 KiB pages a forked child still shares: the parent gets
+    a new THP (MADV_COLLAPSE has no max_ptes_shared limit), the child keeps the old pages."""
+    r = b.region(HP)
+    b.write(r, 0, HP, value=5)
+    if isinstance(b, Live):
+        def child(chan):
+            chan.send("ready")
+            chan.recv()
+            return b.smaps(r), sorted(set(b.read(r, 0, HP)))
+        with live.ForkedChild(child) as c:
+            c.recv()
+            v0 = b.vmstat()
+            rc = b.madvise(r, 0, HP, MADV_COLLAPSE)
+            d = delta(v0, b.vmstat(), ["thp_collapse_alloc"])
+            b.write(r, 0, 4096, value=9)
+            c.send("go")
+            child_view = c.join()
+    else:
+        c = b.p.fork()
+        v0 = b.vmstat()
+        rc = b.madvise(r, 0, HP, MADV_COLLAPSE)
+        d = delta(v0, b.vmstat(), ["thp_collapse_alloc"])
+        b.write(r, 0, 4096, value=9)
+        cr = SimRegion(c, r.addr, r.length)
+        child_view = (b.smaps(cr), sorted(set(b.read(cr, 0, HP))))
+        c.exit()
+    return rc, d, b.smaps(r), sorted(set(b.read(r, 0, HP))), child_view
+
+
 def _pageout(thp):
     def scenario(b):
         r = b.region(HP)
@@ -725,6 +755,8 @@ def _suite():
     for how in ("dontneed_4k", "dontneed_all", "munmap_4k", "mprotect_4k", "mprotect_all"):
         out.append((f"THP then {how}", _partial(how), {"enabled": "madvise"}))
     out.append(("fork + COW write", _fork_cow, {"enabled": "madvise"}))
+    out.append(("MADV_COLLAPSE of pages shared with a child", _collapse_shared_with_child,
+                {"enabled": "never"}))
     for thp in (False, True):
         out.append((f"pageout + reread thp={thp}", _pageout(thp), {"enabled": "madvise", "swap": True}))
     for thp in (False, True):
