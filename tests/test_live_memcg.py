@@ -165,3 +165,50 @@ def test_thp_fault_charge_fallback_matches_the_kernel(memcg):
             if got_live == got_sim:
                 break
     assert got_live == got_sim
+
+
+def _live_stride_child(path):
+    with open(f"{path}/cgroup.procs", "w") as f:
+        f.write(str(os.getpid()))
+    with open(f"{path}/memory.usage_in_bytes") as f:
+        used = int(f.read())
+    with open(f"{path}/memory.limit_in_bytes", "w") as f:
+        f.write(str(used + 20 * MB))
+    r = live.Region.aligned(40 * MB)
+    v0 = live.vmstat()
+    for off in range(0, 40 * MB, 50 * 1024):
+        r.write(off - off % PAGE, PAGE, value=1)
+    v1 = live.vmstat()
+    with open(f"{path}/memory.limit_in_bytes", "w") as f:
+        f.write("-1")
+    return v1["thp_underused_split_page"] - v0["thp_underused_split_page"]
+
+
+@pytest.mark.parametrize("max_ptes_none", [511, 471, 470, 256])
+def test_underused_thp_shrinker_decides_oom_as_the_kernel_does(memcg, max_ptes_none):
+    """The shrinker's own case (memory.max 20M, 40M touched at a 50K stride under
+    enabled=always): OOM-killed while max_ptes_none lets a THP with 41 used pages count as
+    used (511, 471), alive once the shrinker may split it (470, 256). Live (v1 limit) and
+    simulated agree on which; the exact split counts depend on the interpreter's own pages."""
+    m = thpcore.Machine("1G", seed=0, transparent_hugepage="always")
+    m.thp.khugepaged.max_ptes_none = max_ptes_none
+    m.cgroups.create("t")
+    m.sysfs.write("/sys/fs/cgroup/t/memory.max", "20M")
+    p = m.spawn(cgroup="t")
+    a = p.mmap(40 * MB)
+    sim_alive = True
+    try:
+        for off in range(0, 40 * MB, 50 * 1024):
+            p.write(a + off - off % PAGE, PAGE, 1)
+    except thpcore.OOMKilled:
+        sim_alive = False
+    m.check()
+    with live.thp_settings(enabled="always", **{"khugepaged/max_ptes_none": max_ptes_none}):
+        try:
+            splits = live.fork_and_run(_live_stride_child, memcg, timeout=60)
+            live_alive = True
+        except live.ChildDied:
+            live_alive, splits = False, 0
+    assert live_alive == sim_alive == (max_ptes_none <= 470)
+    if live_alive:
+        assert splits > 0 and m.vmstat["thp_underused_split_page"] > 0
