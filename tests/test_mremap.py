@@ -74,3 +74,18 @@ def test_example_realloc_scenario_shows_the_alignment_effect():
     last = {row["process"]: row for row in res.timeline if row["time_s"] == 30.0}
     assert last["aligned"]["thp_pct"] == 100.0
     assert last["glibc"]["thp_pct"] < 100.0
+
+
+def test_growing_a_locked_mapping_populates_and_counts_the_new_part():
+    m = thpcore.Machine("256M", seed=0)
+    p = m.spawn()
+    a = p.mmap(4 * MB)
+    p.munmap(a + 2 * MB, 2 * MB)                     # room to grow in place
+    p.write(a, 2 * MB, 3)
+    p.mlock(a, 2 * MB)
+    locked = p.mm.locked_vm
+    assert p.mremap(a, 2 * MB, 4 * MB) == a
+    assert p.mm.locked_vm == locked + 512
+    assert p.smaps_rollup()["Rss"] == 4096           # mlock_future: the new part is faulted in
+    assert (p.read(a, 2 * MB) == 3).all() and not p.read(a + 2 * MB, 2 * MB).any()
+    m.check()

@@ -11,6 +11,7 @@ from .vma import PMD_SHIFT, PMD_SIZE, PUD_SHIFT, VMAList
 
 if TYPE_CHECKING:
     from .machine import Machine
+    from .memcontrol import MemCgroup
 
 PMD_KIND_MASK = 0x3
 PMD_KIND_TABLE = _engine.PY_PMD_KIND_TABLE
@@ -60,6 +61,7 @@ class MM:
         self.thp_disable = 0               # 0, or prctl's PR_SET_THP_DISABLE flags + 1
         self.huge_zero_used = False        # MMF_HUGE_ZERO_FOLIO
         self.has_guards = False            # a guard marker was ever installed (accesses check)
+        self.memcg: "MemCgroup"            # set by Machine.spawn (the task's memory cgroup)
 
     # ---- PMD directory ---------------------------------------------------------------------
 

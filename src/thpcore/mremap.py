@@ -15,7 +15,7 @@ from .huge_memory import split_huge_pmd, split_huge_pmds_at
 from .memory import _pte_table
 from .mm import MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, pmd_kind, pmd_table_id
 from .mmap import do_munmap, get_unmapped_area, page_align
-from .vma import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE, VM_LOCKED, VMA
+from .vma import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE, VM_LOCKED, VM_WRITE, VMA
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -132,7 +132,7 @@ def _grown(machine: "Machine", mm: MM, vma: VMA, start: int, end: int) -> None:
     """A VM_LOCKED mapping that grew is populated and counted as locked (mlock_future)."""
     if vma is not None and vma.flags & VM_LOCKED:
         mm.locked_vm += (end - start) >> PAGE_SHIFT
-        machine.populate(mm, vma, start, end)
+        machine.populate(mm, vma, start, end, write=bool(vma.flags & VM_WRITE))
 
 
 def move_page_tables(machine: "Machine", mm: MM, old_addr: int, new_addr: int,

@@ -17,6 +17,7 @@ from .mmap import do_mmap, do_munmap, do_mprotect
 from .vma import PAGE_SIZE, TASK_SIZE, VM_LOCKED, VM_READ, VM_WRITE
 
 if TYPE_CHECKING:
+    from .memcontrol import MemCgroup
     from .machine import Machine
 
 CAPABILITIES = frozenset({
@@ -83,6 +84,7 @@ class Process:
         self.fds: dict[int, "Process"] = {}
         self._next_fd = 3
         self.priority = 0.0              # a scheduling weight policies may use (higher first)
+        self.memcg: "MemCgroup"          # set by Machine.spawn (also mm.memcg)
 
     def __repr__(self) -> str:
         state = "" if self.alive else f", exited ({self.exit_reason})"
