@@ -239,3 +239,25 @@ hugepage = "after"
     for bad in ['[fleet]\nmix = { gups = 1 }\n', '[fleet]\ntenants = 0\n', '[fleet]\nsize = 1\n']:
         with pytest.raises(ValueError):
             parse_scenario(bad)
+
+
+def test_fragment_of_a_fresh_zone_is_built_once_and_reused_exactly():
+    from thpcore import workloads
+    workloads._FRAGMENTED.clear()
+    hashes = []
+    for _ in range(3):                    # built, then restored from the kept state twice
+        m = Machine(memory="1G", seed=0)
+        got = fragment(m, 0.001, "scattered")
+        m.check()
+        hashes.append((got, m.state_hash(), m.page_alloc.zone.watermarks()))
+    assert len(workloads._FRAGMENTED) == 1
+    assert hashes[0] == hashes[1] == hashes[2]
+    # Not fresh any more (a page allocated first): built, not restored.
+    m = Machine(memory="1G", seed=0)
+    m.kernel_alloc(0, "unmovable")
+    fragment(m, 0.001, "scattered")
+    m.check()
+    assert m.state_hash() != hashes[0][1]
+    with pytest.raises(ValueError, match="cannot restore"):
+        Machine(memory="512M").page_alloc.zone.restore_state(
+            next(iter(workloads._FRAGMENTED.values()))[0])

@@ -212,6 +212,10 @@ class Zone:
         """Per pfn: lazyfree (MADV_FREE, not yet found re-dirtied by reclaim)?"""
     def set_lazyfree_range(self, pfn: int, n: int, on: bool) -> None:
         """Mark or clear frames pfn..pfn+n-1 lazyfree (a whole folio at a time)."""
+    def save_state(self) -> dict:
+        """A copy of the whole zone (frame table, free lists, counters, watermarks)."""
+    def restore_state(self, state: dict) -> None:
+        """Make this zone exactly the one save_state() copied (same size required)."""
     def counters(self) -> ZoneCounters:
         """Scalar state (free-list bookkeeping and events), for hashing and vmstat."""
     def memcg_usage(self) -> npt.NDArray[np.int64]:

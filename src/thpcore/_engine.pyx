@@ -775,6 +775,58 @@ cdef class Zone:
         for i in range(pfn, pfn + n):
             self.set_lazyfree(<uint32_t>i, on)
 
+    def save_state(self):
+        """A copy of the whole zone (frame table, free lists, counters, watermarks), for
+        restore_state() on a zone of the same size: a fragmented boot state built once."""
+        cdef int mt, o
+        return {
+            "nr_pages": self.nr_pages,
+            "arrays": {name: np.asarray(view).copy() for name, view in (
+                ("flags", self.flags), ("order", self.order), ("memcg", self.memcg),
+                ("mapcount", self.mapcount), ("content", self.content),
+                ("lazyfree", self.lazyfree), ("pageblock_mt", self.pageblock_mt),
+                ("memcg_pages", self.memcg_pages))},
+            "free_head": [[self.free_head[mt][o] for o in range(NR_PAGE_ORDERS)] for mt in range(MIGRATE_TYPES)],
+            "free_tail": [[self.free_tail[mt][o] for o in range(NR_PAGE_ORDERS)] for mt in range(MIGRATE_TYPES)],
+            "nr_free": [[self.nr_free[mt][o] for o in range(NR_PAGE_ORDERS)] for mt in range(MIGRATE_TYPES)],
+            "area_nr_free": [self.area_nr_free[o] for o in range(NR_PAGE_ORDERS)],
+            "nr_pageblocks_of": [self.nr_pageblocks_of[mt] for mt in range(MIGRATE_TYPES)],
+            "watermark": [self.watermark[o] for o in range(NR_WMARK)],
+            "scalars": (self.nr_free_pages, self.watermark_boost, self.watermark_boost_factor,
+                        self.nr_reserved_highatomic, self.pgalloc, self.pgfree,
+                        self.alloc_fallbacks, self.pageblocks_claimed),
+        }
+
+    def restore_state(self, state):
+        """Make this zone exactly the one save_state() copied (same size required); the
+        caller proves it with check()."""
+        if state["nr_pages"] != self.nr_pages:
+            raise ValueError(f"a state of {state['nr_pages']} pages cannot restore a zone of "
+                             f"{self.nr_pages}")
+        cdef int mt, o
+        arrays = state["arrays"]
+        for name, view in (("flags", self.flags), ("order", self.order), ("memcg", self.memcg),
+                           ("mapcount", self.mapcount), ("content", self.content),
+                           ("lazyfree", self.lazyfree), ("pageblock_mt", self.pageblock_mt),
+                           ("memcg_pages", self.memcg_pages)):
+            dst = np.asarray(view)
+            if arrays[name].shape != dst.shape or arrays[name].dtype != dst.dtype:
+                raise ValueError(f"state array {name} does not fit this zone")
+            dst[:] = arrays[name]
+        for mt in range(MIGRATE_TYPES):
+            for o in range(NR_PAGE_ORDERS):
+                self.free_head[mt][o] = state["free_head"][mt][o]
+                self.free_tail[mt][o] = state["free_tail"][mt][o]
+                self.nr_free[mt][o] = state["nr_free"][mt][o]
+            self.nr_pageblocks_of[mt] = state["nr_pageblocks_of"][mt]
+        for o in range(NR_PAGE_ORDERS):
+            self.area_nr_free[o] = state["area_nr_free"][o]
+        for o in range(NR_WMARK):
+            self.watermark[o] = state["watermark"][o]
+        (self.nr_free_pages, self.watermark_boost, self.watermark_boost_factor,
+         self.nr_reserved_highatomic, self.pgalloc, self.pgfree, self.alloc_fallbacks,
+         self.pageblocks_claimed) = state["scalars"]
+
     def counters(self):
         """Scalar state (free-list bookkeeping and events), for hashing and vmstat."""
         return {
