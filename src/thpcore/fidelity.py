@@ -582,6 +582,34 @@ def _mlock_thp(b):
     return rc, d, locked, rcs, b.smaps(r), delta(v1, b.vmstat(), ["thp_split_page"])
 
 
+def _collapse_huge_zero(b):
+    """MADV_COLLAPSE over a region the huge zero page maps (a read fault, use_zero_page=1),
+    and over one where a write then replaced it."""
+    r = b.region(4 * MB)
+    b.madvise(r, 0, 4 * MB, MADV_HUGEPAGE)
+    b.read(r, 0, 4 * MB)
+    b.write(r, 2 * MB, 4096, value=3)
+    v0 = b.vmstat()
+    rcs = b.madvise(r, 0, HP, MADV_COLLAPSE), b.madvise(r, HP, HP, MADV_COLLAPSE)
+    return rcs, delta(v0, b.vmstat(), ["thp_collapse_alloc", "thp_fault_alloc"]), b.smaps(r)
+
+
+def _fork_then_child_exits(b):
+    """A THP shared with a child that exits: the parent's write reuses it in place (no copy,
+    no split), as do_huge_pmd_wp_page does for an exclusive folio."""
+    r = b.region(HP)
+    b.madvise(r, 0, HP, MADV_HUGEPAGE)
+    b.write(r, 0, HP, value=5)
+    if isinstance(b, Live):
+        live.fork_and_run(lambda: 0)
+    else:
+        b.p.fork().exit()
+    v0 = b.vmstat()
+    b.write(r, 0, 4096, value=9)
+    return delta(v0, b.vmstat(), ["thp_split_pmd", "thp_fault_alloc"]), b.smaps(r), \
+        b.read(r, 0, 2 * 4096)
+
+
 def _free_drops_swap(b):
     """MADV_FREE over swapped-out pages frees their swap entries: they read back as zeroes."""
     r = b.region(4 * MB)
@@ -765,6 +793,10 @@ def _suite():
     for name, advice in (("PAGEOUT", MADV_PAGEOUT), ("COLD", MADV_COLD)):
         out.append((f"{name} of THPs without swap", _pageout_no_swap(advice), {"enabled": "madvise"}))
     out.append(("MADV_COLLAPSE of lazyfree pages", _collapse_lazyfree, {"enabled": "madvise"}))
+    out.append(("MADV_COLLAPSE of a huge zero page region", _collapse_huge_zero,
+                {"enabled": "madvise", "use_zero_page": 1}))
+    out.append(("fork, child exits, parent writes its THP", _fork_then_child_exits,
+                {"enabled": "madvise"}))
     for case in ("aligned", "unaligned", "shrink", "dontunmap", "middle"):
         out.append((f"mremap {case}", _mremap_move(case), {"enabled": "madvise"}))
     for inplace in (True, False):
