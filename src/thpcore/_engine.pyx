@@ -1322,15 +1322,16 @@ cdef class PageTables:
         memset(&self.scan, 0, sizeof(ScanCounts))
         for i in range(PTRS_PER_PTE):
             pte = self.ptes[base + i]
-            if (pte & 0xF) == PTE_KIND_SWAP or pte == PTE_GUARD:   # both are is_swap_pte()
+            if not (pte & PTE_PRESENT):                  # the rare cases first out of the way
+                if pte == 0 or (pte & 0xF) == PTE_KIND_ZERO:
+                    self.scan.none_or_zero += 1
+                    if is_khugepaged and max_none >= 0 and self.scan.none_or_zero > max_none:
+                        return SCAN_EXCEED_NONE_PTE
+                    continue
+                # A swap entry or a guard marker: both are is_swap_pte().
                 self.scan.unmapped += 1
                 if is_khugepaged and max_swap >= 0 and self.scan.unmapped > max_swap:
                     return SCAN_EXCEED_SWAP_PTE
-                continue
-            if pte == 0 or (pte & 0xF) == PTE_KIND_ZERO:
-                self.scan.none_or_zero += 1
-                if is_khugepaged and max_none >= 0 and self.scan.none_or_zero > max_none:
-                    return SCAN_EXCEED_NONE_PTE
                 continue
             self.scan.present += 1
             if pte & PTE_WRITE:
