@@ -14,7 +14,8 @@ import time
 
 import thpcore
 from thpcore import live
-from thpcore.constants import (MADV_DONTNEED_LOCKED, MADV_POPULATE_READ, MADV_POPULATE_WRITE,
+from thpcore.constants import (MADV_DONTNEED_LOCKED, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE,
+                               MADV_POPULATE_READ, MADV_POPULATE_WRITE,
                                MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE,
                                MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE,
                                MADV_NOHUGEPAGE, MADV_PAGEOUT, PROT_READ, PROT_WRITE)
@@ -475,6 +476,23 @@ def _mremap_grow(inplace):
     return scenario
 
 
+def _mremap_carries(b):
+    """Swap entries and guard markers move with mremap (move_ptes copies every PTE)."""
+    r = b.region(4 * MB)
+    b.madvise(r, 0, 4 * MB, MADV_NOHUGEPAGE)
+    b.write(r, 0, 4 * MB, value=4)
+    b.madvise(r, 0, MB, MADV_PAGEOUT)
+    b.madvise(r, 3 * MB, 4096, MADV_GUARD_INSTALL)
+    dst = b.region(8 * MB)
+    addr, err = b.mremap(r, 0, 4 * MB, 4 * MB, MREMAP_MAYMOVE | MREMAP_FIXED, dst.addr + 8192)
+    if err:
+        return err
+    v = b.view(addr, 4 * MB)
+    before = b.smaps(v)
+    return (before, b.probe(v, 3 * MB), b.probe(v, 3 * MB + 4096),
+            sorted(set(b.read(v, 0, 3 * MB))), b.smaps(v))
+
+
 def _mremap_errno(b):
     r = b.region(8 * MB)
     b.write(r, 0, 4 * MB, value=7)
@@ -491,9 +509,6 @@ def _mremap_errno(b):
              (r, 0, 4096, 1 << 48, M, 0), (r, 0, 4096, 4096, M | F, 1 << 47),
              (r, 0, 4096, 4096, 0, 0), (t, 0, 4 * MB, MB, 0, 0), (r, 0, -4096, 4096, 0, 0)]
     return [b.mremap(*c)[1] for c in calls]
-
-
-MADV_GUARD_INSTALL, MADV_GUARD_REMOVE = 102, 103
 
 
 def _guard(case):
@@ -803,6 +818,8 @@ def _suite():
         out.append((f"mremap grow {'in place' if inplace else 'by moving'}",
                     _mremap_grow(inplace), {"enabled": "madvise"}))
     out.append(("mremap errno", _mremap_errno, {"enabled": "madvise"}))
+    out.append(("mremap carries swap entries and guards", _mremap_carries,
+                {"enabled": "madvise", "swap": True}))
     for enabled in ("always", "madvise", "never"):
         out.append((f"THPeligible enabled={enabled}", _thp_eligible, {"enabled": enabled}))
     for name, advice in (("WRITE", MADV_POPULATE_WRITE), ("READ", MADV_POPULATE_READ)):
