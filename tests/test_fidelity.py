@@ -45,3 +45,16 @@ def test_a_real_difference_fails_every_attempt(monkeypatch):
         return "live" if isinstance(b, fidelity.Live) else "sim"
     live, sim = fidelity.run_case("always different", scenario, {"enabled": "madvise"})
     assert live != sim and calls == ["Live", "Sim"] * fidelity.ATTEMPTS
+
+
+def test_fidelity_json_report(tmp_path):
+    import json
+    if fidelity.available():
+        pytest.skip(fidelity.available())
+    out = tmp_path / "fid.json"
+    assert fidelity.main(only="mremap errno", json_path=str(out)) == 0
+    doc = json.loads(out.read_text())
+    assert doc["mismatches"] == 0 and doc["kernel"]
+    (rec,) = doc["scenarios"]
+    assert rec["scenario"] == "mremap errno" and rec["match"] is True
+    assert rec["live"] == rec["simulated"] and 22 in rec["live"]

@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     fid = sub.add_parser("fidelity", help="run the fidelity suite on this kernel and in the "
                          "simulator, and compare (root; every knob and swap file is restored)")
     fid.add_argument("-k", dest="only", help="only scenarios whose name contains this text")
-    fid.set_defaults(func=lambda a: __import__("thpcore.fidelity", fromlist=["main"]).main(a.only))
+    fid.add_argument("--json", dest="json_path", metavar="FILE",
+                     help="also write every scenario's live and simulated result as JSON")
+    fid.set_defaults(func=lambda a: __import__("thpcore.fidelity", fromlist=["main"]).main(
+        a.only, a.json_path))
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["thpmaps"]:              # its own parser, options exactly as the script's
         from .thpmaps import main as thpmaps_main

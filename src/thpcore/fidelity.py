@@ -878,13 +878,16 @@ def run_case(name: str, scenario, kwargs: dict, attempts: int = ATTEMPTS):
     return got_live, got_sim
 
 
-def main(only: str | None = None) -> int:
-    """`thpcore fidelity`: run the suite, print scenario / live / simulated / match."""
+def main(only: str | None = None, json_path: str | None = None) -> int:
+    """`thpcore fidelity`: run the suite, print scenario / live / simulated / match; with
+    json_path, also write one record per scenario (name, kernel, live, simulated, match) as
+    JSON, so a conformance run can be kept and compared across kernels."""
     why = available()
     if why:
         print(f"thpcore fidelity: cannot run on this host: {why}")
         return 2
     rows, failures = [], 0
+    records = []
     for name, scenario, kwargs in SUITE:
         if only and only not in name:
             continue
@@ -892,10 +895,13 @@ def main(only: str | None = None) -> int:
             got_live, got_sim = run_case(name, scenario, kwargs)
         except live.Unsupported as exc:
             rows.append((name, f"skipped: {exc}", "", "-"))
+            records.append({"scenario": name, "skipped": str(exc)})
             continue
         ok = got_live == got_sim
         failures += not ok
         rows.append((name, repr(got_live), repr(got_sim), "yes" if ok else "NO"))
+        records.append({"scenario": name, "live": _plain(got_live), "simulated": _plain(got_sim),
+                        "match": ok})
     w = max(len(r[0]) for r in rows) if rows else 10
     print(f"{'scenario':<{w}}  match  live / simulated")
     for name, lv, sv, match in rows:
@@ -903,4 +909,21 @@ def main(only: str | None = None) -> int:
         if match == "NO":
             print(f"{'':<{w}}         {sv[:100]}")
     print(f"{len(rows)} scenarios, {failures} mismatches")
+    if json_path:
+        import json
+        with open(json_path, "w") as f:
+            json.dump({"kernel": os.uname().release, "scenarios": records,
+                       "mismatches": failures}, f, indent=1)
     return 1 if failures else 0
+
+
+def _plain(value):
+    """A result as JSON-able data (numpy scalars to int, tuples to lists)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        items = sorted(value) if isinstance(value, set) else value
+        return [_plain(v) for v in items]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
