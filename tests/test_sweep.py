@@ -104,3 +104,17 @@ def test_bad_sweeps(sweep_file):
         Sweep('scenario = "small.toml"\n[parameters]\n"run.duration" = 5\n', base)
     with pytest.raises(ValueError, match="interval"):          # an invalid point, found up front
         Sweep('scenario = "small.toml"\n[parameters]\n"run.duration" = [0]\n', base)
+
+
+def test_example_sweep_runs(tmp_path):
+    import csv
+    from pathlib import Path
+
+    from thpcore.sweep import Sweep, run_sweep
+    path = Path(__file__).parent.parent / "examples" / "realloc-sweep.toml"
+    sw = Sweep(path.read_text(), path.parent)
+    assert len(list(sw.jobs())) == 9
+    run_sweep(sw, tmp_path, workers=1)
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert len(rows) == 9
+    assert {r["param:process.glibc.params.growth"] for r in rows} == {"1.25", "1.5", "2.0"}
