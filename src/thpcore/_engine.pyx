@@ -769,7 +769,7 @@ cdef class Zone:
 
     def set_lazyfree_range(self, int64_t pfn, int64_t n, bint on):
         """Mark (or clear) frames pfn..pfn+n-1 lazyfree: a whole folio at a time."""
-        if n < 0 or pfn < 0 or pfn + n > self.nr_pages:
+        if n < 0 or pfn < 0 or pfn > self.nr_pages or n > self.nr_pages - pfn:
             raise ValueError("frame range outside the zone")
         cdef int64_t i
         for i in range(pfn, pfn + n):
@@ -798,11 +798,26 @@ cdef class Zone:
         }
 
     def restore_state(self, state):
-        """Make this zone exactly the one save_state() copied (same size required); the
-        caller proves it with check()."""
+        """Make this zone exactly the one save_state() copied (same size required). Every
+        free-list link is range-checked first and the invariants after; a state that fails
+        leaves the zone as it was (ValueError)."""
         if state["nr_pages"] != self.nr_pages:
             raise ValueError(f"a state of {state['nr_pages']} pages cannot restore a zone of "
                              f"{self.nr_pages}")
+        cdef int mt, o
+        for key in ("free_head", "free_tail"):
+            for mt in range(MIGRATE_TYPES):
+                for o in range(NR_PAGE_ORDERS):
+                    v = state[key][mt][o]
+                    if v != 0xFFFFFFFF and not 0 <= v < self.nr_pages:   # PFN_NONE
+                        raise ValueError(f"state {key}[{mt}][{o}] = {v} is outside the zone")
+        backup = self.save_state()
+        self._assign_state(state)
+        if self.check_invariants():
+            self._assign_state(backup)
+            raise ValueError("the state is not a consistent zone: nothing was restored")
+
+    def _assign_state(self, state):
         cdef int mt, o
         arrays = state["arrays"]
         for name, view in (("flags", self.flags), ("order", self.order), ("memcg", self.memcg),
@@ -1271,8 +1286,9 @@ cdef class PageTables:
             if self.zone.mapcount[pfn] != 1:
                 continue                        # maybe mapped shared: skipped
             self.ptes[base + i] = pte & ~(<uint32_t>(PTE_YOUNG | PTE_DIRTY))
-            self.zone.set_lazyfree(pfn, True)
-            self.stats.lazyfree_marked += 1
+            if not self.zone.test_lazyfree(pfn):      # lru_lazyfree() skips !swapbacked folios
+                self.zone.set_lazyfree(pfn, True)
+                self.stats.lazyfree_marked += 1
 
     cdef bint swappable(self, uint32_t pfn) noexcept nogil:
         """An exclusive order-0 page: what these paths swap out."""

@@ -146,7 +146,9 @@ def map_new_thp(machine: "Machine", mm: MM, vma: VMA, region: int, head: int, de
     mm.set_pmd(region, make_huge_pmd(head, deposit, flags))
     mm.anon_rss += HPAGE_PMD_NR
     machine.thp_pmd_mappings[head] = machine.thp_pmd_mappings.get(head, 0) + 1
-    machine.thp_index[head] = region
+    # A new folio at this pfn: whatever the queues said of an earlier one there is stale.
+    machine.thp_index[head] = {region}
+    machine.deferred_split.pop(head, None)
     if machine.thp.shrink_underused:
         machine.deferred_split.setdefault(head, False)     # 6.12+: queued for the underused scan
 

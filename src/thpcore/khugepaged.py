@@ -167,20 +167,30 @@ def collapse_huge_page(machine: "Machine", mm: MM, vma: VMA, region: int, cc: Co
     mm.memcg.stat_events["thp_collapse_alloc"] += 1
     pt = machine.page_tables
     tid = pmd_table_id(mm.get_pmd(region))
+    table = pt.table(tid)
+    # Guard markers are swap-type entries too; faulting one in fails (SCAN_FAIL).
+    swap = np.nonzero(((table & 0xF) == 2) | (table == _engine.PY_PTE_GUARD))[0]
     if unmapped:
-        # __collapse_huge_page_swapin(): fault every swap entry back in (as reads).
-        table = pt.table(tid)
-        # Guard markers are swap-type entries too; faulting one in fails (SCAN_FAIL).
-        swap = np.nonzero(((table & 0xF) == 2) | (table == _engine.PY_PTE_GUARD))[0]
+        # __collapse_huge_page_swapin(): fault every swap entry back in (as reads), including
+        # any that reclaim made while the THP was being allocated.
         pt.reset_stats()
+        failed = False
         for i in swap:
             if pt.fault(tid, int(i), int(i) + 1, False, bool(vma.flags & VM_WRITE),
-                        (region >> 12) + int(i), 0, 0, None, 0) != 0:
-                machine.page_alloc.zone.free(head, 9)
-                return ScanResult.SCAN_FAIL
+                        (region >> 12) + int(i), 0, 0, None, mm.memcg.id) != 0:
+                failed = True
+                break
         st = pt.get_stats()
         mm.anon_rss += st["anon_allocated"]
         mm.swap_ents -= st["swapped_in"]
+        if failed:
+            machine.page_alloc.zone.free(head, 9)
+            return ScanResult.SCAN_FAIL
+    elif swap.size:
+        # Reclaim during the allocation swapped pages of this very region out:
+        # __collapse_huge_page_isolate() finds a non-present PTE.
+        machine.page_alloc.zone.free(head, 9)
+        return ScanResult.SCAN_PTE_NON_PRESENT
     pt.reset_stats()
     released = pt.collapse_copy(tid, head)
     for h in pt.partial_heads():

@@ -133,7 +133,9 @@ class Machine:
         self.page_tables = _engine.PageTables(zone, self.swap_bytes // PAGE_SIZE)
         self.huge_zero_pfn: int | None = None
         self.thp_pmd_mappings: dict[int, int] = {}      # THP head -> PMD mappings of it
-        self.thp_index: dict[int, int] = {}             # THP head -> virtual region it was made for
+        # THP head -> the 2 MiB regions that may map it (where it was made, and where mremap
+        # moved its PMD or PTEs); split_folio() looks in every mm at each of them.
+        self.thp_index: dict[int, set[int]] = {}
         self.deferred_split: dict[int, bool] = {}       # THP head -> partially mapped
         self.khugepaged_mm_list: list = []
         self._processes: dict[int, "Process"] = {}
@@ -375,10 +377,9 @@ class Machine:
         from .huge_memory import split_huge_pmd
         from .mm import PMD_KIND_HUGE, PMD_KIND_TABLE, pmd_huge_pfn, pmd_kind, pmd_table_id
         from .vma import VM_LOCKED
-        region = self.thp_index.get(head)
         zone = self.page_alloc.zone
-        if region is not None:
-            content = zone.frames()["content"]
+        content = zone.frames()["content"]
+        for region in sorted(self.thp_index.get(head, ())):
             for p in self.processes():
                 mm = p.mm
                 entry = mm.get_pmd(region)

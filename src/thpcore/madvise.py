@@ -123,11 +123,12 @@ def madvise_guard(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int, instal
     markers, munmap drops them, fork copies them, and to collapse they count as swap entries
     that cannot be faulted in (MADV_COLLAPSE: EINVAL). Remove clears markers only. Install on
     a VM_LOCKED VMA is EINVAL."""
-    from .memory import _pte_table
+    from .memory import _pte_table, anon_vma_prepare
     if install and vma.flags & VM_LOCKED:
         raise OSError(errno.EINVAL, "Invalid argument: guard regions in a locked VMA")
     pt = machine.page_tables
     if install:
+        anon_vma_prepare(machine, vma)           # madvise_guard_install() does, 6.13-6.18
         zap_page_range(machine, mm, lo, hi)
         mm.has_guards = True
     for region, a, b in mm.regions(lo, hi):

@@ -10,10 +10,13 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from .constants import MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE
 from .huge_memory import split_huge_pmd, split_huge_pmds_at
 from .memory import _pte_table
-from .mm import MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, pmd_kind, pmd_table_id
+from .mm import (MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, pmd_huge_pfn, pmd_kind,
+                 pmd_table_id)
 from .mmap import do_munmap, get_unmapped_area, page_align
 from .vma import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE, VM_LOCKED, VM_WRITE, VMA
 
@@ -135,6 +138,21 @@ def _grown(machine: "Machine", mm: MM, vma: VMA, start: int, end: int) -> None:
         machine.populate(mm, vma, start, end, write=bool(vma.flags & VM_WRITE))
 
 
+def _note_thp_region(machine: "Machine", head: int, region: int) -> None:
+    machine.thp_index.setdefault(head, set()).add(region)
+
+
+def _note_ptes_region(machine: "Machine", ptes, region: int) -> None:
+    """THP pages among these PTEs are now (also) mapped from region."""
+    present = ptes[(ptes & 1) != 0] >> 4
+    if not present.size:
+        return
+    frames = machine.page_alloc.zone.frames()
+    heads = np.unique(present & ~np.uint32(511)).astype(np.int64)
+    for head in heads[(frames["order"][heads] == 9) & ((frames["flags"][heads] & 0x2) != 0)]:
+        _note_thp_region(machine, int(head), region)
+
+
 def move_page_tables(machine: "Machine", mm: MM, old_addr: int, new_addr: int,
                      length: int) -> None:
     """Move the mappings of [old_addr, old_addr + length) to new_addr, extent by extent."""
@@ -155,6 +173,10 @@ def move_page_tables(machine: "Machine", mm: MM, old_addr: int, new_addr: int,
             # move_huge_pmd() / move_normal_pmd(): the entry moves, pages and table stay.
             mm.set_pmd(new_region, entry)
             mm.set_pmd(old_region, 0)
+            if kind == PMD_KIND_HUGE:
+                _note_thp_region(machine, pmd_huge_pfn(entry), new_region)
+            elif kind == PMD_KIND_TABLE:
+                _note_ptes_region(machine, pt.table(pmd_table_id(entry)), new_region)
         else:
             if kind in (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO):
                 split_huge_pmd(machine, mm, old_region)
@@ -167,5 +189,6 @@ def move_page_tables(machine: "Machine", mm: MM, old_addr: int, new_addr: int,
                 seg = pt.table(pmd_table_id(entry))[i0:i0 + n]
                 j0 = (new - new_region) >> PAGE_SHIFT
                 dst[j0:j0 + n] = seg                     # move_ptes(): rmap and RSS unchanged
+                _note_ptes_region(machine, seg, new_region)
                 seg[:] = 0
         done += extent

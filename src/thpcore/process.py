@@ -256,8 +256,14 @@ class Process:
                            VM_LOCKED, 0)
         for vma in mm.vmas.overlapping(start, end):
             if vma.flags & (VM_READ | VM_WRITE):
-                self.machine.populate(mm, vma, max(start, vma.start), min(end, vma.end),
-                                      write=bool(vma.flags & VM_WRITE))
+                try:
+                    self.machine.populate(mm, vma, max(start, vma.start), min(end, vma.end),
+                                          write=bool(vma.flags & VM_WRITE))
+                except SegmentationFault:
+                    # A guard region: __mlock_posix_error_return() turns EFAULT into ENOMEM
+                    # (the VMAs stay locked, as in the kernel).
+                    raise OSError(errno.ENOMEM, "Cannot allocate memory: mlock ran into a "
+                                  "guard region") from None
 
     @_syscall
     def munlock(self, addr: int, length: int) -> None:

@@ -139,8 +139,9 @@ def madvise_free(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int) -> None
                 continue
             if a == region and b == region + PMD_SIZE:
                 mm.set_pmd(region, entry & ~(PMD_YOUNG | PMD_DIRTY))
-                zone.set_lazyfree_range(head, HPAGE_PMD_NR, True)
-                machine.count("pglazyfree", HPAGE_PMD_NR)
+                if not _is_lazyfree_thp(machine, head):       # counted once per folio
+                    zone.set_lazyfree_range(head, HPAGE_PMD_NR, True)
+                    machine.count("pglazyfree", HPAGE_PMD_NR)
                 continue
             split_huge_pmd(machine, mm, region)
             machine.split_folio(head)
