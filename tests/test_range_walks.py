@@ -26,7 +26,8 @@ def _execute(ops, fast, memcg_max):
     saved = memory.FAST_RANGE_WALKS
     memory.FAST_RANGE_WALKS = fast
     try:
-        m = thpcore.Machine("96M", swap="16M", seed=3, transparent_hugepage="madvise")
+        # 1G: below 512M the kernel boots with THP off, and the walks must meet THPs.
+        m = thpcore.Machine("1G", swap="16M", seed=3, transparent_hugepage="always")
         if memcg_max:
             m.cgroups.create("box")
             m.sysfs.write("/sys/fs/cgroup/box/memory.max", memcg_max)

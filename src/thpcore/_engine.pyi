@@ -214,7 +214,7 @@ class Zone:
         """Mark or clear frames pfn..pfn+n-1 lazyfree (a whole folio at a time)."""
     def save_state(self) -> dict:
         """A copy of the whole zone (frame table, free lists, counters, watermarks)."""
-    def restore_state(self, state: dict) -> None:
+    def restore_state(self, state: dict, verify: bool = True) -> None:
         """Make this zone exactly the one save_state() copied (same size required)."""
     def counters(self) -> ZoneCounters:
         """Scalar state (free-list bookkeeping and events), for hashing and vmstat."""

@@ -797,10 +797,11 @@ cdef class Zone:
                         self.alloc_fallbacks, self.pageblocks_claimed),
         }
 
-    def restore_state(self, state):
+    def restore_state(self, state, bint verify=True):
         """Make this zone exactly the one save_state() copied (same size required). Every
-        free-list link is range-checked first and the invariants after; a state that fails
-        leaves the zone as it was (ValueError)."""
+        free-list link is range-checked first and, with verify, the invariants after (a state
+        that fails leaves the zone as it was: ValueError). verify=False is for a state this
+        process just saved itself: it skips the backup copy and the full check."""
         if state["nr_pages"] != self.nr_pages:
             raise ValueError(f"a state of {state['nr_pages']} pages cannot restore a zone of "
                              f"{self.nr_pages}")
@@ -811,6 +812,9 @@ cdef class Zone:
                     v = state[key][mt][o]
                     if v != 0xFFFFFFFF and not 0 <= v < self.nr_pages:   # PFN_NONE
                         raise ValueError(f"state {key}[{mt}][{o}] = {v} is outside the zone")
+        if not verify:
+            self._assign_state(state)
+            return
         backup = self.save_state()
         self._assign_state(state)
         if self.check_invariants():

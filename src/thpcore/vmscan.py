@@ -30,9 +30,11 @@ def shrink_anon(machine: "Machine", want: int, memcg: "MemCgroup | None") -> int
     lazyfree (MADV_FREE) pages are looked at: the kernel keeps them on the file LRU."""
     from .swap import reclaim_lazyfree_thp
     can_swap = machine.swap_bytes > 0
+    zone = machine.page_alloc.zone
+    if not can_swap and not zone.lazyfree_bits().any():
+        return 0                          # nothing this pass could free: skip the walk
     ids, procs = _scope(machine, memcg)
     pt = machine.page_tables
-    zone = machine.page_alloc.zone
     freed = 0
     for _sweep in range(2):
         for p in procs:
