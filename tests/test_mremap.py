@@ -88,4 +88,6 @@ def test_growing_a_locked_mapping_populates_and_counts_the_new_part():
     assert p.mm.locked_vm == locked + 512
     assert p.smaps_rollup()["Rss"] == 4096           # mlock_future: the new part is faulted in
     assert (p.read(a, 2 * MB) == 3).all() and not p.read(a + 2 * MB, 2 * MB).any()
+    p.munlock(a, MB)
+    assert p.mm.locked_vm == 768                     # VmLck follows the locked VMAs
     m.check()

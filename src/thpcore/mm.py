@@ -56,12 +56,17 @@ class MM:
         self.anon_rss = 0                  # MM_ANONPAGES, in pages
         self.swap_ents = 0                 # MM_SWAPENTS
         self.hiwater_rss = 0
-        self.locked_vm = 0
         self.registered = False            # MMF_VM_HUGEPAGE: on khugepaged's list
         self.thp_disable = 0               # 0, or prctl's PR_SET_THP_DISABLE flags + 1
         self.huge_zero_used = False        # MMF_HUGE_ZERO_FOLIO
         self.has_guards = False            # a guard marker was ever installed (accesses check)
         self.memcg: "MemCgroup"            # set by Machine.spawn (the task's memory cgroup)
+
+    @property
+    def locked_vm(self) -> int:
+        """mm->locked_vm (VmLck), in pages: the VM_LOCKED VMAs' sizes."""
+        from .vma import VM_LOCKED
+        return sum((v.end - v.start) >> 12 for v in self.vmas if v.flags & VM_LOCKED)
 
     # ---- PMD directory ---------------------------------------------------------------------
 

@@ -132,9 +132,8 @@ def move_vma(machine: "Machine", mm: MM, vma: VMA, old_addr: int, old_len: int, 
 
 
 def _grown(machine: "Machine", mm: MM, vma: VMA, start: int, end: int) -> None:
-    """A VM_LOCKED mapping that grew is populated and counted as locked (mlock_future)."""
+    """A VM_LOCKED mapping that grew is populated (mlock_future; locked_vm follows the VMA)."""
     if vma is not None and vma.flags & VM_LOCKED:
-        mm.locked_vm += (end - start) >> PAGE_SHIFT
         machine.populate(mm, vma, start, end, write=bool(vma.flags & VM_WRITE))
 
 
