@@ -181,11 +181,11 @@ def move_page_tables(machine: "Machine", mm: MM, old_addr: int, new_addr: int,
                 split_huge_pmd(machine, mm, old_region)
                 entry = mm.get_pmd(old_region)
             i0, n = (old - old_region) >> PAGE_SHIFT, extent >> PAGE_SHIFT
-            if pt.table(pmd_table_id(entry))[i0:i0 + n].any():
-                # The destination table first: allocating it may grow the pool, and a view
-                # taken before would point into the old storage.
-                dst = pt.table(_pte_table(machine, mm, new_region))
-                seg = pt.table(pmd_table_id(entry))[i0:i0 + n]
+            # pte_alloc() at the destination whenever the source has a table, moved PTEs or
+            # not; first, as allocating may grow the pool (a view taken before goes stale).
+            dst = pt.table(_pte_table(machine, mm, new_region))
+            seg = pt.table(pmd_table_id(entry))[i0:i0 + n]
+            if seg.any():
                 j0 = (new - new_region) >> PAGE_SHIFT
                 dst[j0:j0 + n] = seg                     # move_ptes(): rmap and RSS unchanged
                 _note_ptes_region(machine, seg, new_region)
