@@ -147,7 +147,8 @@ def map_new_thp(machine: "Machine", mm: MM, vma: VMA, region: int, head: int, de
     mm.anon_rss += HPAGE_PMD_NR
     machine.thp_pmd_mappings[head] = machine.thp_pmd_mappings.get(head, 0) + 1
     # A new folio at this pfn: whatever the queues said of an earlier one there is stale.
-    machine.thp_index[head] = {region}
+    machine.thp_index[head] = region
+    machine.thp_moved.pop(head, None)
     machine.deferred_split.pop(head, None)
     if machine.thp.shrink_underused:
         machine.deferred_split.setdefault(head, False)     # 6.12+: queued for the underused scan

@@ -133,9 +133,11 @@ class Machine:
         self.page_tables = _engine.PageTables(zone, self.swap_bytes // PAGE_SIZE)
         self.huge_zero_pfn: int | None = None
         self.thp_pmd_mappings: dict[int, int] = {}      # THP head -> PMD mappings of it
-        # THP head -> the 2 MiB regions that may map it (where it was made, and where mremap
-        # moved its PMD or PTEs); split_folio() looks in every mm at each of them.
-        self.thp_index: dict[int, set[int]] = {}
+        # THP head -> the 2 MiB region it was made for, and for the few that mremap moved, the
+        # regions their PMD or PTEs went to; split_folio() looks in every mm at each of them.
+        # (A plain int per head: 1 TiB holds ~250K THPs and a set each would cost ~50 MB.)
+        self.thp_index: dict[int, int] = {}
+        self.thp_moved: dict[int, set[int]] = {}
         self.deferred_split: dict[int, bool] = {}       # THP head -> partially mapped
         self.khugepaged_mm_list: list = []
         self._processes: dict[int, "Process"] = {}
@@ -360,6 +362,7 @@ class Machine:
     def thp_folio_freed(self, head: int) -> None:
         self.deferred_split.pop(head, None)
         self.thp_index.pop(head, None)
+        self.thp_moved.pop(head, None)
         self.thp_pmd_mappings.pop(head, None)
 
     def folio_partially_mapped(self, head: int) -> None:
@@ -379,7 +382,10 @@ class Machine:
         from .vma import VM_LOCKED
         zone = self.page_alloc.zone
         content = zone.frames()["content"]
-        for region in sorted(self.thp_index.get(head, ())):
+        regions = set(self.thp_moved.get(head, ()))
+        if head in self.thp_index:
+            regions.add(self.thp_index[head])
+        for region in sorted(regions):
             for p in self.processes():
                 mm = p.mm
                 entry = mm.get_pmd(region)

@@ -138,7 +138,7 @@ def _grown(machine: "Machine", mm: MM, vma: VMA, start: int, end: int) -> None:
 
 
 def _note_thp_region(machine: "Machine", head: int, region: int) -> None:
-    machine.thp_index.setdefault(head, set()).add(region)
+    machine.thp_moved.setdefault(head, set()).add(region)
 
 
 def _note_ptes_region(machine: "Machine", ptes, region: int) -> None:
