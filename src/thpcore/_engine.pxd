@@ -366,6 +366,8 @@ cdef class PageTables:
     cdef int64_t swap_alloc_cluster(self) noexcept nogil
     cdef void pageout_pte_range(self, int64_t tid, int i0, int i1, bint can_swap) noexcept nogil
     cdef int reclaim_lazyfree_pte(self, int64_t idx, uint32_t pte) noexcept nogil
+    cdef int64_t whole_lazyfree_folio(self, int64_t base) noexcept nogil
+    cdef int64_t reclaim_lazyfree_folio(self, int64_t base, uint32_t head, bint check_young) noexcept nogil
     cdef void madvise_free_pte_range(self, int64_t tid, int i0, int i1) noexcept nogil
     cdef bint swappable(self, uint32_t pfn) noexcept nogil
     cdef bint swap_out_pte(self, int64_t idx, uint32_t pfn) noexcept nogil

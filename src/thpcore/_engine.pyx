@@ -1224,10 +1224,14 @@ cdef class PageTables:
         """A second-chance pass: young pages lose the bit; old exclusive order-0 pages are
         discarded if lazyfree and clean, else swapped out (only with can_swap: without swap
         the anon LRU is not scanned, lazyfree pages sit on the file LRU and still are)."""
-        cdef int64_t base = tid * PTRS_PER_PTE, got = 0
+        cdef int64_t base = tid * PTRS_PER_PTE, got = 0, head
         cdef uint32_t pte, pfn
         cdef int i, rc
         cdef bint lazy
+        if i0 == 0 and i1 == PTRS_PER_PTE:
+            head = self.whole_lazyfree_folio(base)
+            if head >= 0 and (any_memcg or self.zone.memcg[head] == memcg):
+                return self.reclaim_lazyfree_folio(base, <uint32_t>head, True)
         for i in range(i0, i1):
             if got >= want:
                 break
@@ -1253,6 +1257,51 @@ cdef class PageTables:
                 break
             got += 1
         return got
+
+    cdef int64_t whole_lazyfree_folio(self, int64_t base) noexcept nogil:
+        """The head of a lazyfree THP this table maps whole, PTE by PTE in order and only here
+        (a split PMD), else -1: reclaim handles such a folio as one (batched lazyfree unmap)."""
+        cdef uint32_t pte = self.ptes[base], head
+        cdef int j
+        if not (pte & PTE_PRESENT):
+            return -1
+        head = pte >> PTE_PFN_SHIFT
+        if (head & (PTRS_PER_PTE - 1)) or not (self.zone.flags[head] & PG_head) \
+                or self.zone.order[head] != PAGEBLOCK_ORDER or not self.zone.test_lazyfree(head):
+            return -1
+        for j in range(PTRS_PER_PTE):
+            pte = self.ptes[base + j]
+            if not (pte & PTE_PRESENT) or (pte >> PTE_PFN_SHIFT) != head + <uint32_t>j \
+                    or self.zone.mapcount[head + j] != 1:
+                return -1
+        return head
+
+    cdef int64_t reclaim_lazyfree_folio(self, int64_t base, uint32_t head,
+                                        bint check_young) noexcept nogil:
+        """try_to_unmap() of a PTE-mapped lazyfree THP: referenced (check_young) -> its
+        accessed bits go (second chance); written since MADV_FREE -> swap-backed again, kept;
+        clean -> all 512 pages discarded. Returns the pages freed."""
+        cdef int j
+        cdef bint young = False, dirty = False
+        for j in range(PTRS_PER_PTE):
+            young |= (self.ptes[base + j] & PTE_YOUNG) != 0
+            dirty |= (self.ptes[base + j] & PTE_DIRTY) != 0
+        if check_young and young:
+            for j in range(PTRS_PER_PTE):
+                if self.ptes[base + j] & PTE_YOUNG:
+                    self.ptes[base + j] &= ~(<uint32_t>PTE_YOUNG)
+                    self.stats.young_cleared += 1
+            return 0
+        if dirty:
+            for j in range(PTRS_PER_PTE):
+                self.zone.set_lazyfree(head + j, False)
+            return 0
+        for j in range(PTRS_PER_PTE):
+            self.ptes[base + j] = 0
+            self.stats.rss_removed += 1
+            self.stats.lazyfreed += 1
+            self.put_user_frame(head + j)
+        return PTRS_PER_PTE
 
     cdef int reclaim_lazyfree_pte(self, int64_t idx, uint32_t pte) noexcept nogil:
         """try_to_unmap_one() of a lazyfree page: discarded if clean (1), made swap-backed
@@ -1317,9 +1366,14 @@ cdef class PageTables:
     cdef void pageout_pte_range(self, int64_t tid, int i0, int i1, bint can_swap) noexcept nogil:
         """Reclaim the exclusive order-0 pages mapped by PTEs i0..i1-1: lazyfree ones are
         discarded (or kept if re-dirtied), others go to swap when there is swap."""
-        cdef int64_t base = tid * PTRS_PER_PTE
+        cdef int64_t base = tid * PTRS_PER_PTE, head
         cdef uint32_t pte, pfn
         cdef int i
+        if i0 == 0 and i1 == PTRS_PER_PTE:
+            head = self.whole_lazyfree_folio(base)
+            if head >= 0:
+                self.reclaim_lazyfree_folio(base, <uint32_t>head, False)
+                return
         for i in range(i0, i1):
             pte = self.ptes[base + i]
             if not (pte & PTE_PRESENT):

@@ -625,6 +625,27 @@ def _fork_then_child_exits(b):
         b.read(r, 0, 2 * 4096)
 
 
+def _free_pte_mapped_thp(dirty):
+    """MADV_FREE of a THP already mapped by PTEs (the PMD was split, the folio is whole), then
+    PAGEOUT without swap: 6.15+ unmaps a clean lazyfree folio as one and discards it; one
+    written since MADV_FREE is kept whole."""
+    def scenario(b):
+        r = b.region(HP)
+        b.madvise(r, 0, HP, MADV_HUGEPAGE)
+        b.write(r, 0, HP, value=1)
+        b.mprotect(r, 0, 4096, PROT_READ)
+        b.mprotect(r, 0, 4096, PROT_READ | PROT_WRITE)
+        v0 = b.vmstat()
+        rc = b.madvise(r, 0, HP, MADV_FREE)
+        if dirty:
+            b.write(r, 8192, 4096, value=9)
+        rc2 = b.madvise(r, 0, HP, MADV_PAGEOUT)
+        d = delta(v0, b.vmstat(), LAZY_EVENTS + ["thp_deferred_split_page"])
+        return rc, rc2, d, b.smaps(r, SMAPS_KEYS + ("LazyFree",)), \
+            sum(1 for v in b.read(r, 0, HP) if v)
+    return scenario
+
+
 def _free_drops_swap(b):
     """MADV_FREE over swapped-out pages frees their swap entries: they read back as zeroes."""
     r = b.region(4 * MB)
@@ -808,6 +829,9 @@ def _suite():
     for name, advice in (("PAGEOUT", MADV_PAGEOUT), ("COLD", MADV_COLD)):
         out.append((f"{name} of THPs without swap", _pageout_no_swap(advice), {"enabled": "madvise"}))
     out.append(("MADV_COLLAPSE of lazyfree pages", _collapse_lazyfree, {"enabled": "madvise"}))
+    for dirty in (False, True):
+        out.append((f"MADV_FREE + PAGEOUT of a PTE-mapped THP, rewritten={dirty}",
+                    _free_pte_mapped_thp(dirty), {"enabled": "madvise"}))
     out.append(("MADV_COLLAPSE of a huge zero page region", _collapse_huge_zero,
                 {"enabled": "madvise", "use_zero_page": 1}))
     out.append(("fork, child exits, parent writes its THP", _fork_then_child_exits,

@@ -33,7 +33,10 @@ def _split_thps_in_table(machine: "Machine", tid: int, i0: int, i1: int) -> None
         return
     in_thp = (frames["order"][present & ~np.uint32(511)] == 9) & \
              ((frames["flags"][present & ~np.uint32(511)] & 0x2) != 0)
+    zone = machine.page_alloc.zone
     for head in np.unique(present[in_thp] & ~np.uint32(511)):
+        if zone.lazyfree_mask([int(head)])[0]:
+            continue                      # !swapbacked: reclaim discards or keeps it whole
         machine.split_folio(int(head))
 
 
