@@ -377,6 +377,7 @@ cdef class PageTables:
     cdef int scan_pte_table(self, int64_t tid, bint is_khugepaged, int max_none, int max_swap,
                             int max_shared, bint require_writable) noexcept nogil
     cdef int _check_tid(self, int64_t tid) except -1
+    cdef int _check_pte_range(self, int64_t tid, int i0, int i1) except -1
     cdef bint compaction_finished(self, int order) noexcept nogil
     cdef int64_t build_rmap(self, int64_t lo, int64_t hi, uint32_t* offs, uint32_t** slots_p,
                             int64_t* cap_p) noexcept nogil

@@ -893,6 +893,21 @@ cdef inline uint32_t mix_content(int64_t vpn, uint32_t seed) noexcept nogil:
     return r if r else 1
 
 
+cdef inline int64_t pmd_head(uint64_t entry) noexcept nogil:
+    """The THP head pfn a huge PMD entry maps."""
+    return <int64_t>(((entry >> PMD_PFN_SHIFT) & 0x7FFFFFF) << PAGEBLOCK_ORDER)
+
+
+cdef inline int pmd_region(int64_t vpn, int64_t vpn_end, int64_t* rvpn, int* i0,
+                           int* i1) noexcept nogil:
+    """For a range walk at vpn: the region's first page, the PTE span [i0, i1) of
+    [vpn, vpn_end) inside it, and (returned) the region's index in its GiB's PMD array."""
+    rvpn[0] = vpn & ~(<int64_t>PTRS_PER_PTE - 1)
+    i0[0] = <int>(vpn - rvpn[0])
+    i1[0] = <int>min(vpn_end - rvpn[0], <int64_t>PTRS_PER_PTE)
+    return <int>((vpn >> 9) & (PTRS_PER_PMD - 1))
+
+
 cdef int check_value_mode(int value_mode) except -1:
     if value_mode not in (VALUE_CONSTANT, VALUE_GENERATED, VALUE_KEEP):
         raise ValueError(f"value_mode must be VALUE_CONSTANT, VALUE_GENERATED or VALUE_KEEP, "
@@ -1454,7 +1469,7 @@ cdef class PageTables:
         if kind == PMD_KIND_TABLE:
             return tid < <uint64_t>self.capacity and self.table_pfn[tid] != PFN_NONE
         if kind == PMD_KIND_HUGE:
-            head = ((entry >> PMD_PFN_SHIFT) & 0x7FFFFFF) << PAGEBLOCK_ORDER
+            head = <uint64_t>pmd_head(entry)
             return (head < <uint64_t>self.zone.nr_pages and (self.zone.flags[head] & PG_head) != 0
                     and self.zone.order[head] == PAGEBLOCK_ORDER)
         return kind == PMD_KIND_HUGE_ZERO
@@ -1476,10 +1491,7 @@ cdef class PageTables:
             if self.nr_partial_heads:
                 self.stats.stopped_vpn = vpn
                 return FAULT_SLOW
-            rvpn = vpn & ~(<int64_t>PTRS_PER_PTE - 1)
-            i0 = <int>(vpn - rvpn)
-            i1 = <int>min(vpn_end - rvpn, <int64_t>PTRS_PER_PTE)
-            idx = <int>((vpn >> 9) & (PTRS_PER_PMD - 1))
+            idx = pmd_region(vpn, vpn_end, &rvpn, &i0, &i1)
             entry = pmds[idx]
             kind = entry & PMD_KIND_MASK
             if entry and not self.pmd_valid(entry):
@@ -1493,7 +1505,7 @@ cdef class PageTables:
                     self.stats.stopped_vpn = rvpn + self.stats.stopped_at
                     return rc
             elif kind == PMD_KIND_HUGE:
-                head = <int64_t>(((entry >> PMD_PFN_SHIFT) & 0x7FFFFFF) << PAGEBLOCK_ORDER)
+                head = pmd_head(entry)
                 if write:
                     if not (entry & PMD_WRITE):
                         self.stats.stopped_vpn = vpn
@@ -1529,10 +1541,7 @@ cdef class PageTables:
             if self.nr_partial_heads:
                 self.stats.stopped_vpn = vpn
                 return FAULT_SLOW
-            rvpn = vpn & ~(<int64_t>PTRS_PER_PTE - 1)
-            i0 = <int>(vpn - rvpn)
-            i1 = <int>min(vpn_end - rvpn, <int64_t>PTRS_PER_PTE)
-            idx = <int>((vpn >> 9) & (PTRS_PER_PMD - 1))
+            idx = pmd_region(vpn, vpn_end, &rvpn, &i0, &i1)
             entry = pmds[idx]
             if entry:
                 if not self.pmd_valid(entry):
@@ -1551,6 +1560,12 @@ cdef class PageTables:
     cdef int _check_tid(self, int64_t tid) except -1:
         if not 0 <= tid < self.capacity or self.table_pfn[tid] == PFN_NONE:
             raise ValueError(f"table {tid} is not in use")
+        return 0
+
+    cdef int _check_pte_range(self, int64_t tid, int i0, int i1) except -1:
+        self._check_tid(tid)
+        if not 0 <= i0 <= i1 <= PTRS_PER_PTE:
+            raise ValueError("PTE index range outside a table")
         return 0
 
     def reset_stats(self):
@@ -1610,18 +1625,14 @@ cdef class PageTables:
         return rc
 
     def zap(self, int64_t tid, int i0, int i1, bint keep_guards=False):
-        self._check_tid(tid)
-        if not 0 <= i0 <= i1 <= PTRS_PER_PTE:
-            raise ValueError("PTE index range outside a table")
+        self._check_pte_range(tid, i0, i1)
         with nogil:
             self.zap_pte_range(tid, i0, i1, keep_guards)
 
     def guard(self, int64_t tid, int i0, int i1, bint install):
         """MADV_GUARD_INSTALL (on none PTEs: zap the range first) or MADV_GUARD_REMOVE (clears
         markers only) over PTEs i0..i1-1. Returns the markers changed."""
-        self._check_tid(tid)
-        if not 0 <= i0 <= i1 <= PTRS_PER_PTE:
-            raise ValueError("PTE index range outside a table")
+        self._check_pte_range(tid, i0, i1)
         cdef int64_t base = tid * PTRS_PER_PTE, changed = 0
         cdef int i
         with nogil:
@@ -1680,9 +1691,7 @@ cdef class PageTables:
         a young page loses its accessed bit, an old exclusive order-0 page (of `memcg`, or any
         with -1) is discarded if lazyfree and clean, else swapped out (can_swap: without swap
         only lazyfree pages are looked at). Stops after `want` pages; returns the pages freed."""
-        self._check_tid(tid)
-        if not 0 <= i0 <= i1 <= PTRS_PER_PTE:
-            raise ValueError("PTE index range outside a table")
+        self._check_pte_range(tid, i0, i1)
         cdef int64_t got
         with nogil:
             got = self.reclaim_pte_range(tid, i0, i1, want, <uint16_t>max(memcg, 0), memcg < 0,
@@ -1690,16 +1699,12 @@ cdef class PageTables:
         return got
 
     def pageout(self, int64_t tid, int i0, int i1, bint can_swap=True):
-        self._check_tid(tid)
-        if not 0 <= i0 <= i1 <= PTRS_PER_PTE:
-            raise ValueError("PTE index range outside a table")
+        self._check_pte_range(tid, i0, i1)
         with nogil:
             self.pageout_pte_range(tid, i0, i1, can_swap)
 
     def madvise_free(self, int64_t tid, int i0, int i1):
-        self._check_tid(tid)
-        if not 0 <= i0 <= i1 <= PTRS_PER_PTE:
-            raise ValueError("PTE index range outside a table")
+        self._check_pte_range(tid, i0, i1)
         with nogil:
             self.madvise_free_pte_range(tid, i0, i1)
 

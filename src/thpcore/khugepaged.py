@@ -18,44 +18,9 @@ from .vma import PMD_SIZE, VM_WRITE, VMA
 if TYPE_CHECKING:
     from .machine import Machine
 
-class ScanResult(enum.IntEnum):
-    """enum scan_result (6.10-6.17 order; the engine's codes are the same numbers)."""
-    SCAN_FAIL = 0
-    SCAN_SUCCEED = 1
-    SCAN_PMD_NULL = 2
-    SCAN_PMD_NONE = 3
-    SCAN_PMD_MAPPED = 4
-    SCAN_EXCEED_NONE_PTE = 5
-    SCAN_EXCEED_SWAP_PTE = 6
-    SCAN_EXCEED_SHARED_PTE = 7
-    SCAN_PTE_NON_PRESENT = 8
-    SCAN_PTE_UFFD_WP = 9
-    SCAN_PTE_MAPPED_HUGEPAGE = 10
-    SCAN_PAGE_RO = 11
-    SCAN_LACK_REFERENCED_PAGE = 12
-    SCAN_PAGE_NULL = 13
-    SCAN_SCAN_ABORT = 14
-    SCAN_PAGE_COUNT = 15
-    SCAN_PAGE_LRU = 16
-    SCAN_PAGE_LOCK = 17
-    SCAN_PAGE_ANON = 18
-    SCAN_PAGE_COMPOUND = 19
-    SCAN_ANY_PROCESS = 20
-    SCAN_VMA_NULL = 21
-    SCAN_VMA_CHECK = 22
-    SCAN_ADDRESS_RANGE = 23
-    SCAN_DEL_PAGE_LRU = 24
-    SCAN_ALLOC_HUGE_PAGE_FAIL = 25
-    SCAN_CGROUP_CHARGE_FAIL = 26
-    SCAN_TRUNCATED = 27
-    SCAN_PAGE_HAS_PRIVATE = 28
-    SCAN_STORE_FAILED = 29
-    SCAN_COPY_MC = 30
-    SCAN_PAGE_FILLED = 31
-
-
-# The engine returns these codes as ints: the two lists must agree name for name.
-assert [r.name for r in ScanResult] == list(_engine.SCAN_RESULTS), "ScanResult drifted from the engine"
+# enum scan_result, from the engine's own list (its codes are the same numbers): one source.
+ScanResult = enum.IntEnum(  # type: ignore[misc]
+    "ScanResult", {name: i for i, name in enumerate(_engine.SCAN_RESULTS)})
 globals().update(ScanResult.__members__)
 
 # The "needs one writable PTE" rule (SCAN_PAGE_RO) is gone in 6.18: the live kernel collapses

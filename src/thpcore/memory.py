@@ -203,14 +203,8 @@ def _fault_pmd_range(machine, mm, arr, lo, hi, write, vma_write, value_mode, val
     vpn, vpn_end = lo >> PAGE_SHIFT, hi >> PAGE_SHIFT
     retries = 0
     while True:
-        margin = machine.cgroups.margin(mm.memcg)
-        pt.charge_budget = -1 if margin is None else max(margin, 0)
-        pt.reset_stats()
-        rc = pt.fault_range(arr, vpn, vpn_end, write, vma_write, value_mode, value, out, memcg)
-        pt.charge_budget = -1
-        stats = pt.get_stats()
-        _account(machine, mm, stats)
-        _check_kswapd(machine)
+        rc, stats = _engine_fault(machine, mm, lambda: pt.fault_range(
+            arr, vpn, vpn_end, write, vma_write, value_mode, value, out, memcg))
         stopped = stats["stopped_vpn"]
         if out is not None:
             out = out[stopped - vpn:]
@@ -272,6 +266,22 @@ def _fault_region(machine, mm, vma, region, lo, hi, write, vma_write, value_mode
     _fault_ptes(machine, mm, tid, i0, i1, write, vma_write, vpn0, value_mode, value, o, memcg)
 
 
+def _engine_fault(machine, mm, call):
+    """One engine fault call with the memcg's charge margin as its budget; the results are
+    accounted (RSS, costs, partly mapped THPs) and kswapd woken below the low watermark.
+    Returns (rc, stats)."""
+    pt = machine.page_tables
+    margin = machine.cgroups.margin(mm.memcg)
+    pt.charge_budget = -1 if margin is None else max(margin, 0)
+    pt.reset_stats()
+    rc = call()
+    pt.charge_budget = -1
+    stats = pt.get_stats()
+    _account(machine, mm, stats)
+    _check_kswapd(machine)
+    return rc, stats
+
+
 def _check_kswapd(machine) -> None:
     zone = machine.page_alloc.zone
     if zone.nr_free_pages < zone.watermarks()[1] + zone.watermark_boost:
@@ -283,14 +293,8 @@ def _fault_ptes(machine, mm, tid, i0, i1, write, vma_write, vpn0, value_mode, va
     pt = machine.page_tables
     retries = 0
     while i0 < i1:
-        margin = machine.cgroups.margin(mm.memcg)
-        pt.charge_budget = -1 if margin is None else max(margin, 0)
-        pt.reset_stats()
-        rc = pt.fault(tid, i0, i1, write, vma_write, vpn0, value_mode, value, out, memcg)
-        pt.charge_budget = -1
-        stats = pt.get_stats()
-        _account(machine, mm, stats)
-        _check_kswapd(machine)
+        rc, stats = _engine_fault(machine, mm, lambda: pt.fault(
+            tid, i0, i1, write, vma_write, vpn0, value_mode, value, out, memcg))
         if rc == 0:
             handle_over_high(machine, mm)
             return

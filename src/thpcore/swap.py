@@ -19,8 +19,10 @@ PTE_PRESENT, PTE_YOUNG, PTE_DIRTY = 0x1, 0x2, 0x4
 
 
 def _thp_exclusive(machine: "Machine", head: int) -> bool:
+    """No subpage of the folio is mapped more than once (folio_maybe_mapped_shared, roughly;
+    a PMD-mapped folio has every subpage mapped, a PTE-mapped one may have holes)."""
     mapcount = machine.page_alloc.zone.frames()["mapcount"]
-    return bool((mapcount[head:head + HPAGE_PMD_NR] == 1).all())
+    return bool((mapcount[head:head + HPAGE_PMD_NR] <= 1).all())
 
 
 def _split_thps_in_table(machine: "Machine", tid: int, i0: int, i1: int) -> None:
@@ -171,11 +173,5 @@ def _split_partly_covered_thps(machine: "Machine", tid: int, i0: int, i1: int) -
     for head in np.unique(heads[in_thp]):
         head = int(head)
         mapped_here = np.count_nonzero(heads == head)
-        if mapped_here < HPAGE_PMD_NR and _thp_exclusive_ptes(machine, head):
+        if mapped_here < HPAGE_PMD_NR and _thp_exclusive(machine, head):
             machine.split_folio(head)
-
-
-def _thp_exclusive_ptes(machine: "Machine", head: int) -> bool:
-    """No subpage of the folio is mapped more than once (folio_maybe_mapped_shared, roughly)."""
-    mapcount = machine.page_alloc.zone.frames()["mapcount"]
-    return bool((mapcount[head:head + HPAGE_PMD_NR] <= 1).all())

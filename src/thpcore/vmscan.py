@@ -28,7 +28,7 @@ def _scope(machine: "Machine", memcg: "MemCgroup | None"):
 def shrink_anon(machine: "Machine", want: int, memcg: "MemCgroup | None") -> int:
     """Two CLOCK sweeps at most: the first may only clear accessed bits. Without swap only
     lazyfree (MADV_FREE) pages are looked at: the kernel keeps them on the file LRU."""
-    from .swap import reclaim_lazyfree_thp
+    from .swap import _is_lazyfree_thp, reclaim_lazyfree_thp
     can_swap = machine.swap_bytes > 0
     zone = machine.page_alloc.zone
     if not can_swap and not zone.lazyfree_bits().any():
@@ -47,7 +47,7 @@ def shrink_anon(machine: "Machine", want: int, memcg: "MemCgroup | None") -> int
                     head = pmd_huge_pfn(entry)
                     if ids is not None and zone.frames()["memcg"][head] not in ids:
                         continue
-                    lazy = bool(zone.lazyfree_mask([head])[0])
+                    lazy = _is_lazyfree_thp(machine, head)
                     if not lazy and not can_swap:
                         continue
                     if entry & PMD_YOUNG:
