@@ -49,7 +49,7 @@ def memcg():
         os.rmdir(path)          # the child has exited: the cgroup is empty
 
 
-def _settled(measure, expected, attempts=3):
+def _settled(measure, expected, attempts=5):
     """vmstat is machine-wide (another process's MADV_FREE batch draining, a THP fault or a
     collapse elsewhere lands in the deltas): measure again before calling it a difference,
     as thpcore.fidelity does. A real difference shows in every attempt."""
@@ -120,7 +120,7 @@ def _sim(thp):
 def test_memcg_reclaim_of_lazyfree_pages_matches_the_kernel(memcg, thp):
     got_sim = _sim(thp)
     with live.thp_settings(enabled="madvise", defrag="madvise"):
-        got_live = _settled(lambda: live.fork_and_run(_live_child, memcg, thp), got_sim)
+        got_live = _settled(lambda: live.run_fresh(_live_child, memcg, thp), got_sim)
     err, events, smaps, nonzero, again = got_live
     assert err == 16                      # EBUSY: the limit could not be reached
     assert got_sim == got_live

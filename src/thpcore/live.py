@@ -24,6 +24,9 @@ Main pieces
     ``vmas()`` per-VMA smaps records, ``pagemap()`` raw entries.
 ``fork_and_run(fn, *args)``
     Runs ``fn`` in a forked child and returns its (pickled) result; re-raises its exception.
+``run_fresh(fn, *args)``
+    The same in a new interpreter: no copy-on-write sharing with the caller's (THP-backed)
+    heap, so a child that counts machine-wide THP events sees only its own.
 ``ForkedChild(fn, *args)``
     A forked child that can exchange messages with the parent while both are alive.
 ``vmstat()``, ``meminfo()``, ``smaps_rollup()``, ``prctl()``, ``kpageflags()``
@@ -540,15 +543,7 @@ def fork_and_run(fn, *args, timeout: float = 120.0, **kwargs):
         try:
             os.close(r)
             _quiet_child()
-            try:
-                payload = pickle.dumps((True, fn(*args, **kwargs)))
-            except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
-                tb = traceback.format_exc()
-                try:
-                    payload = pickle.dumps((False, (e, tb)))
-                    pickle.loads(payload)
-                except BaseException:
-                    payload = pickle.dumps((False, (None, tb)))
+            payload = _result_payload(fn, args, kwargs)
             view = memoryview(payload)
             while view:
                 n = os.write(w, view)
@@ -586,6 +581,69 @@ def fork_and_run(fn, *args, timeout: float = 120.0, **kwargs):
     return _child_result(*pickle.loads(data))
 
 
+def run_fresh(fn, *args, timeout: float = 120.0, **kwargs):
+    """Run fn(*args, **kwargs) in a new interpreter (not a fork) and return its result.
+
+    A forked child shares its parent's heap copy-on-write; where that heap holds THPs (numpy
+    madvises its large buffers MADV_HUGEPAGE, so a test process usually has some) the child's
+    first write to one splits the PMD and lands in the machine-wide thp_split_pmd count.  A
+    probe that counts vmstat events runs here instead.  fn is pickled by reference: it must be
+    importable with the caller's sys.path.  Errors come back as with fork_and_run.
+    """
+    job = pickle.dumps((fn, args, kwargs))
+    head = pickle.dumps(list(sys.path))
+    code = "import sys; from thpcore.live import _fresh_main; _fresh_main()"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    proc = subprocess.run([sys.executable, "-c", code],
+                          input=struct.pack("<Q", len(head)) + head + job,
+                          stdout=subprocess.PIPE, timeout=timeout, check=False)
+    if not proc.stdout:
+        sig = -proc.returncode if proc.returncode < 0 else None
+        what = f"signal {signal.Signals(sig).name}" if sig else f"exit code {proc.returncode}"
+        raise ChildDied(f"fresh child sent no result ({what})", proc.returncode, sig,
+                        None if sig else proc.returncode)
+    return _child_result(*pickle.loads(proc.stdout))
+
+
+def _fresh_main() -> None:
+    """The new interpreter's side of run_fresh: job on stdin, result pickled on stdout (the
+    function's own output, at the fd level too, goes to stderr)."""
+    data = sys.stdin.buffer.read()
+    (n,) = struct.unpack_from("<Q", data)
+    sys.path[:] = pickle.loads(data[8:8 + n])
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    _quiet_child()
+    try:
+        fn, args, kwargs = pickle.loads(data[8 + n:])
+    except BaseException:  # noqa: BLE001
+        fn, args, kwargs = _raise_again, (traceback.format_exc(),), {}
+    out.write(_result_payload(fn, args, kwargs))
+    out.flush()
+    os._exit(0)
+
+
+def _raise_again(tb: str):
+    raise ChildError("could not load the job in the fresh child:\n" + tb)
+
+
+def _result_payload(fn, args, kwargs) -> bytes:
+    """The pickled (ok, value) message a child sends: fn's result, or its exception with the
+    traceback (or only the traceback when the exception cannot be pickled)."""
+    try:
+        return pickle.dumps((True, fn(*args, **kwargs)))
+    except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
+        tb = traceback.format_exc()
+        try:
+            payload = pickle.dumps((False, (e, tb)))
+            pickle.loads(payload)
+            return payload
+        except BaseException:
+            return pickle.dumps((False, (None, tb)))
+
+
 def _child_result(ok: bool, value):
     """A child's (ok, value) message: its return value, or its exception raised here."""
     if ok:
@@ -594,7 +652,7 @@ def _child_result(ok: bool, value):
     if exc is None:
         raise ChildError("exception in child:\n" + tb)
     if hasattr(exc, "add_note"):
-        exc.add_note("raised in forked child:\n" + tb)
+        exc.add_note("raised in the child:\n" + tb)
     raise exc
 
 

@@ -1,0 +1,48 @@
+"""live.run_fresh: a probe in a new interpreter, with results and errors carried back."""
+
+import os
+import pickle
+
+import pytest
+
+from thpcore import live
+
+
+def _describe(x, y=0):
+    return os.getpid(), os.getppid(), x + y
+
+
+def _fail(msg):
+    raise ValueError(msg)
+
+
+def _die():
+    os.kill(os.getpid(), 9)
+
+
+def test_run_fresh_returns_the_result_from_another_process():
+    pid, ppid, total = live.run_fresh(_describe, 2, y=3)
+    assert total == 5
+    assert pid != os.getpid() and ppid == os.getpid()
+
+
+def test_run_fresh_reraises_the_childs_exception_with_its_traceback():
+    with pytest.raises(ValueError, match="boom") as info:
+        live.run_fresh(_fail, "boom")
+    assert any("_fail" in n for n in getattr(info.value, "__notes__", []))
+
+
+def test_run_fresh_reports_a_child_killed_by_a_signal():
+    with pytest.raises(live.ChildDied) as info:
+        live.run_fresh(_die)
+    assert info.value.signal == 9
+
+
+def test_run_fresh_refuses_a_function_it_cannot_name():
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        live.run_fresh(lambda: 1)
+
+
+def test_run_fresh_child_output_does_not_corrupt_the_result(capfd):
+    assert live.run_fresh(print, "noise on stdout") is None
+    assert "noise on stdout" in capfd.readouterr().err
