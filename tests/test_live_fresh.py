@@ -46,3 +46,13 @@ def test_run_fresh_refuses_a_function_it_cannot_name():
 def test_run_fresh_child_output_does_not_corrupt_the_result(capfd):
     assert live.run_fresh(print, "noise on stdout") is None
     assert "noise on stdout" in capfd.readouterr().err
+
+
+def test_run_fresh_refuses_a_function_from_main_with_a_clear_error():
+    import __main__
+    def f():
+        return 1
+    f.__module__ = "__main__"
+    with pytest.raises(ValueError, match="__main__"):
+        live.run_fresh(f)
+    assert __main__ is not None

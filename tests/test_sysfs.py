@@ -1,5 +1,5 @@
 """THP sysfs knobs: paths, texts, parsing and errno, as the live 6.18 kernel showed them
-(tests/test_live_sysfs.py re-checks the same table against the running kernel)."""
+(tests/test_live.py re-checks the same table against the running kernel)."""
 
 import errno
 
@@ -32,6 +32,12 @@ WRITE_CASES = [
     ("shmem_enabled", "madvise", "EINVAL"),
     ("hugepages-2048kB/shmem_enabled", "within_size", "always inherit [within_size] advise never\n"),
     ("hugepages-2048kB/shmem_enabled", "deny", "EINVAL"),
+    # mTHP sizes: the same words, never by default
+    ("hugepages-64kB/enabled", "always", "[always] inherit madvise never\n"),
+    ("hugepages-16kB/enabled", "inherit\n", "always [inherit] madvise never\n"),
+    ("hugepages-1024kB/enabled", "madvise", "always inherit [madvise] never\n"),
+    ("hugepages-32kB/enabled", "defer", "EINVAL"),
+    ("hugepages-8kB/shmem_enabled", "advise", "always inherit within_size [advise] never\n"),
     # kstrtouint family: every failure is EINVAL
     ("khugepaged/max_ptes_none", "0", "0\n"), ("khugepaged/max_ptes_none", "511", "511\n"),
     ("khugepaged/max_ptes_none", "512", "EINVAL"), ("khugepaged/max_ptes_none", "-1", "EINVAL"),
@@ -98,6 +104,10 @@ def test_default_texts():
         "hugepages-2048kB/enabled": "always [inherit] madvise never\n",
         "hugepages-2048kB/shmem_enabled": "always [inherit] within_size advise never\n",
         "hugepages-2048kB/stats/anon_fault_alloc": "0\n",
+        "hugepages-64kB/enabled": "always inherit madvise [never]\n",
+        "hugepages-64kB/shmem_enabled": "always inherit within_size advise [never]\n",
+        "hugepages-8kB/shmem_enabled": "always inherit within_size advise [never]\n",
+        "hugepages-512kB/stats/nr_anon": "0\n",
     }
     for rel, text in expected.items():
         assert m.sysfs.read(f"{THP_ROOT}/{rel}") == text, rel
@@ -135,7 +145,7 @@ def test_read_only_files_refuse_writes_with_eacces(rel):
 def test_missing_paths_and_directories():
     m = thpcore.Machine("1G")
     for path in (f"{THP_ROOT}/nonexistent_knob", f"{K}/nonexistent", "/sys/kernel/mm/foo",
-                 f"{THP_ROOT}/hugepages-64kB/enabled", f"{THP_ROOT}/anon_beside_full"):
+                 f"{THP_ROOT}/hugepages-8kB/enabled", f"{THP_ROOT}/anon_beside_full"):
         assert unchanged(m, lambda: m.sysfs.write(path, "1"), OSError).errno == errno.ENOENT
         assert unchanged(m, lambda: m.sysfs.read(path), OSError).errno == errno.ENOENT
     assert unchanged(m, lambda: m.sysfs.write(K, "1"), OSError).errno == errno.EISDIR
@@ -204,3 +214,15 @@ def test_sysctl_vm_knobs():
         assert err.errno == errno.EINVAL
     assert unchanged(m, lambda: write("/proc/buddyinfo", "1"), OSError).errno == errno.EACCES
     assert unchanged(m, lambda: read("/proc/nonexistent"), OSError).errno == errno.ENOENT
+
+
+def test_every_folio_size_has_the_kernels_directory_layout():
+    m = thpcore.Machine("1G")
+    sizes = [d for d in m.sysfs.listdir(THP_ROOT) if d.startswith("hugepages-")]
+    assert sorted(sizes, key=lambda d: int(d[10:-2])) == [
+        f"hugepages-{kb}kB" for kb in (8, 16, 32, 64, 128, 256, 512, 1024, 2048)]
+    assert m.sysfs.listdir(f"{THP_ROOT}/hugepages-8kB") == ["shmem_enabled", "stats"]
+    assert "anon_fault_alloc" not in m.sysfs.listdir(f"{THP_ROOT}/hugepages-8kB/stats")
+    assert len(m.sysfs.listdir(f"{THP_ROOT}/hugepages-64kB/stats")) == 18
+    assert unchanged(m, lambda: m.sysfs.write(f"{THP_ROOT}/hugepages-64kB/stats/nr_anon", "1"),
+                     OSError).errno == errno.EACCES

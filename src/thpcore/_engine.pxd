@@ -225,6 +225,14 @@ cdef enum:
                                     # huge PMD, a split to do, partly mapped THPs to queue)
     FAULT_BAD_PMD = -3              # a PMD entry names no table / THP in use (corrupt state)
     FAULT_SIGSEGV = -4              # a guard marker was touched (stats.stopped_at says where)
+    FAULT_MTHP = -5                 # an mTHP fault needs the slow path (allocation or memcg
+                                    # charge): stats.stopped_at / stopped_vpn say where,
+                                    # stats.mthp_order which order (the highest left to try)
+
+# Orders a multi-size THP can have at an anonymous fault (THP_ORDERS_ALL_ANON below the PMD).
+cdef enum:
+    MTHP_MIN_ORDER = 2
+    NR_MTHP_ORDERS = 10             # per-order stat arrays are indexed by order 0..9
 
 
 cdef struct FaultStats:
@@ -244,6 +252,10 @@ cdef struct FaultStats:
     int64_t young_cleared           # accessed bits cleared by a reclaim scan
     int64_t lazyfree_marked         # pages MADV_FREE made lazyfree (pglazyfree)
     int64_t lazyfreed               # clean lazyfree pages reclaim discarded (pglazyfreed)
+    int64_t mthp_order              # FAULT_MTHP: the order the slow path should try first
+    int64_t mthp_folios             # mTHP folios mapped at fault (one fault each)
+    int64_t mthp_pages              # pages of those folios (part of anon_allocated)
+    int64_t mthp_alloc[NR_MTHP_ORDERS]      # anon_fault_alloc per order
 
 
 # Collapse scan results (enum scan_result, 6.10-6.17 order; symbols, not ABI).
@@ -319,7 +331,8 @@ cdef class PageTables:
       * table ids in use are exactly those referenced by one PMD entry (as a table or as the
         deposit of a huge PMD); each has its own page-table frame (PG_kernel|PG_pgtable);
       * the mapcount of every user frame equals the number of present PTEs and huge PMDs that
-        map it; a user frame with mapcount 0 is part of a THP that is still partly mapped;
+        map it; a user frame with mapcount 0 is part of a large folio (a THP, or an mTHP of
+        order MTHP_MIN_ORDER..8, always PTE-mapped) that is still partly mapped;
       * swap_map[slot] equals the number of swap PTEs that point at the slot.
     """
     cdef Zone zone
@@ -344,6 +357,13 @@ cdef class PageTables:
     cdef int nr_partial_heads
     cdef FaultStats stats                   # results of the last kernel call
     cdef public int64_t charge_budget       # pages faults may still charge (-1: unlimited)
+    # mTHP at fault (alloc_anon_folio): the orders the faulting VMA allows (bit k: order k,
+    # only MTHP_MIN_ORDER..8; 0 = order-0 pages only), its bounds in pages (a folio's aligned
+    # range must lie inside), and the fast-path alloc_flags. Set by the caller per fault call.
+    cdef public int mthp_orders
+    cdef public int64_t mthp_vma_start
+    cdef public int64_t mthp_vma_end
+    cdef public int mthp_alloc_flags
 
     cdef int64_t table_alloc(self) noexcept nogil
     cdef void table_free(self, int64_t tid) noexcept nogil
@@ -351,6 +371,10 @@ cdef class PageTables:
     cdef void put_user_frame(self, uint32_t pfn) noexcept nogil
     cdef void free_order0_batch(self, uint32_t* pfns, int n) noexcept nogil
     cdef void note_folio_unmapped(self, uint32_t pfn) noexcept nogil
+    cdef int64_t folio_head(self, uint32_t pfn) noexcept nogil
+    cdef int do_anonymous_mthp(self, int64_t base, int i, int64_t vpn, uint16_t memcg) noexcept nogil
+    cdef void set_folio_ptes(self, int64_t base, int idx, uint32_t head, int order,
+                             uint16_t memcg) noexcept nogil
     cdef int fault_pte_range(self, int64_t tid, int i0, int i1, bint write, bint vma_write,
                              int64_t vpn0, int value_mode, uint32_t value, uint32_t* out,
                              uint16_t memcg) noexcept nogil

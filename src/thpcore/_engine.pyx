@@ -933,6 +933,8 @@ PY_PTE_KIND_SWAP = PTE_KIND_SWAP
 PY_PTE_KIND_ZERO = PTE_KIND_ZERO
 PY_PTE_GUARD = PTE_GUARD
 PY_FAULT_SIGSEGV = FAULT_SIGSEGV
+PY_FAULT_MTHP = FAULT_MTHP
+PY_MTHP_MIN_ORDER = MTHP_MIN_ORDER
 PY_VALUE_CONSTANT = VALUE_CONSTANT
 PY_VALUE_GENERATED = VALUE_GENERATED
 PY_VALUE_KEEP = VALUE_KEEP
@@ -982,6 +984,10 @@ cdef class PageTables:
             self.swap_map[0] = 0xFF         # slot 0 holds the swap header (SWAP_MAP_BAD)
         self.nr_partial_heads = 0
         self.charge_budget = -1
+        self.mthp_orders = 0
+        self.mthp_vma_start = 0
+        self.mthp_vma_end = 0
+        self.mthp_alloc_flags = ALLOC_WMARK_LOW | ALLOC_NOFRAGMENT
         self.pb_skip = np.zeros(zone.nr_pageblocks, dtype=np.uint8)
         self.cached_migrate_pfn = 0
         self.cached_free_pfn = zone.nr_pages - PAGEBLOCK_NR_PAGES
@@ -1064,13 +1070,28 @@ cdef class PageTables:
             self.charge_budget -= 1
         return pfn
 
+    cdef int64_t folio_head(self, uint32_t pfn) noexcept nogil:
+        """The head of the allocated block holding pfn (blocks are naturally aligned, so the
+        smallest aligned-down frame that heads a block of at least that order is it); -1 if
+        pfn is not in an allocated block."""
+        cdef uint32_t h
+        cdef int k
+        if not (self.zone.flags[pfn] & PG_tail):
+            return pfn if (self.zone.flags[pfn] & PG_head) else -1
+        for k in range(1, MAX_PAGE_ORDER + 1):
+            h = pfn & ~((<uint32_t>1 << k) - 1)
+            if (self.zone.flags[h] & PG_head) and self.zone.order[h] >= k:
+                return h
+        return -1
+
     cdef void note_folio_unmapped(self, uint32_t pfn) noexcept nogil:
-        """After a subpage of a THP lost its last mapping: free the folio if nothing of it is
-        mapped any more, else remember it as partially mapped (deferred split candidate)."""
-        cdef uint32_t head = pfn & ~(<uint32_t>PTRS_PER_PTE - 1)
-        cdef int64_t i
+        """After a subpage of a large folio lost its last mapping: free the folio if nothing
+        of it is mapped any more, else remember it as partially mapped (deferred split)."""
+        cdef uint32_t head = <uint32_t>self.folio_head(pfn)
+        cdef int order = self.zone.order[head]
+        cdef int64_t i, nr = <int64_t>1 << order
         cdef int j
-        for i in range(PTRS_PER_PTE):
+        for i in range(nr):
             if self.zone.mapcount[head + i]:
                 for j in range(self.nr_partial_heads):
                     if self.partial_head_pfns[j] == head:
@@ -1084,8 +1105,65 @@ cdef class PageTables:
                 self.nr_partial_heads -= 1
                 self.partial_head_pfns[j] = self.partial_head_pfns[self.nr_partial_heads]
                 break
-        self.zone.free_pages(head, PAGEBLOCK_ORDER)
-        self.stats.pages_freed += PTRS_PER_PTE
+        self.zone.free_pages(head, order)
+        self.stats.pages_freed += nr
+
+    cdef void set_folio_ptes(self, int64_t base, int idx, uint32_t head, int order,
+                             uint16_t memcg) noexcept nogil:
+        """Map a new zeroed folio at PTEs idx.. of a table (set_ptes: young, dirty, writable)."""
+        cdef int64_t m, nr = <int64_t>1 << order
+        for m in range(nr):
+            self.zone.mapcount[head + m] = 1
+            self.zone.memcg[head + m] = memcg
+            self.zone.content[head + m] = 0
+            self.ptes[base + idx + m] = ((<uint32_t>(head + m) << PTE_PFN_SHIFT) | PTE_PRESENT
+                                         | PTE_YOUNG | PTE_DIRTY | PTE_WRITE)
+        self.zone.memcg_pages[memcg] += nr
+        if self.charge_budget > 0:
+            self.charge_budget -= nr
+        self.stats.anon_allocated += nr
+        self.stats.mthp_folios += 1
+        self.stats.mthp_pages += nr
+        self.stats.mthp_alloc[order] += 1
+
+    cdef int do_anonymous_mthp(self, int64_t base, int i, int64_t vpn, uint16_t memcg) noexcept nogil:
+        """alloc_anon_folio() for a write fault on the none PTE i: the highest allowed order
+        whose aligned range lies in the VMA and is all pte_none, then the fast allocation of
+        it. Returns the order mapped (> 0), 0 for an order-0 page, or -1 when the slow path
+        (or a memcg charge that needs reclaim) must decide: stats.mthp_order says which order."""
+        cdef int k, idx, m
+        cdef int64_t nr, a, pfn
+        cdef bint none
+        k = 8
+        while k >= MTHP_MIN_ORDER:
+            if self.mthp_orders & (1 << k):
+                nr = <int64_t>1 << k
+                a = vpn & ~(nr - 1)
+                if a >= self.mthp_vma_start and a + nr <= self.mthp_vma_end:
+                    idx = i & ~(<int>nr - 1)
+                    none = True
+                    for m in range(<int>nr):
+                        if self.ptes[base + idx + m] != 0:
+                            none = False
+                            break
+                    if none:
+                        break
+            k -= 1
+        if k < MTHP_MIN_ORDER:
+            return 0
+        # Lower orders lie inside this range: suitable and pte_none too. The fast path takes
+        # the highest; anything else (no free block, or a charge beyond the budget) goes to
+        # the kernel-model layer, which runs the slow path and the lower orders.
+        nr = <int64_t>1 << k
+        if self.charge_budget >= 0 and self.charge_budget < nr:
+            self.stats.mthp_order = k
+            return -1
+        pfn = self.zone.alloc_one(k, MIGRATE_MOVABLE, self.mthp_alloc_flags, PG_lru)
+        if pfn < 0:
+            self.stats.mthp_order = k
+            return -1
+        self.set_folio_ptes(base, i & ~(<int>nr - 1), <uint32_t>pfn, k, memcg)
+        return k
 
     cdef void put_user_frame(self, uint32_t pfn) noexcept nogil:
         """Drop one mapping of a user frame; free what is no longer mapped."""
@@ -1117,6 +1195,11 @@ cdef class PageTables:
             if pte == PTE_GUARD:
                 self.stats.stopped_at = i
                 return FAULT_SIGSEGV
+            if pte == 0 and write and self.mthp_orders:
+                if self.do_anonymous_mthp(base, i, vpn, memcg) < 0:
+                    self.stats.stopped_at = i
+                    return FAULT_MTHP
+                pte = self.ptes[base + i]       # a new folio maps it now: the write stores below
             if pte & PTE_PRESENT:
                 pfn = pte >> PTE_PFN_SHIFT
                 if write:
@@ -1405,7 +1488,7 @@ cdef class PageTables:
                             int max_shared, bint require_writable) noexcept nogil:
         """hpage_collapse_scan_pmd()'s PTE walk; fills self.scan and returns a SCAN_* code.
         Limits apply when is_khugepaged (max_* < 0 disables one)."""
-        cdef int64_t base = tid * PTRS_PER_PTE, i, j, head, last_head = -1, total, here
+        cdef int64_t base = tid * PTRS_PER_PTE, i, j, head, last_head = -1, total, here, nr
         cdef uint32_t pte, pfn, q
         cdef bint shared, last_shared = False
         memset(&self.scan, 0, sizeof(ScanCounts))
@@ -1434,15 +1517,16 @@ cdef class PageTables:
             elif not (self.zone.flags[pfn] & PG_tail) and self.zone.order[pfn] == 0:
                 shared = False
             else:
-                head = pfn & ~(<int64_t>PTRS_PER_PTE - 1)
+                head = self.folio_head(<uint32_t>pfn)
                 if head != last_head:
+                    nr = <int64_t>1 << self.zone.order[head]
                     total = 0
                     here = 0
-                    for j in range(PTRS_PER_PTE):
+                    for j in range(nr):
                         total += self.zone.mapcount[head + j]
+                    for j in range(PTRS_PER_PTE):
                         q = self.ptes[base + j]
-                        if (q & PTE_PRESENT) \
-                                and ((q >> PTE_PFN_SHIFT) & ~(<uint32_t>PTRS_PER_PTE - 1)) == head:
+                        if (q & PTE_PRESENT) and head <= (q >> PTE_PFN_SHIFT) < head + nr:
                             here += 1
                     last_head = head
                     last_shared = total > here
@@ -1730,16 +1814,18 @@ cdef class PageTables:
         return c
 
     def split_folio(self, uint32_t head):
-        """split_huge_page(): the order-9 folio becomes 512 order-0 folios (mappings unchanged).
-        Subpages no longer mapped anywhere are freed; returns how many were."""
-        self._check_thp(head, 0, PTRS_PER_PTE)
-        cdef int64_t i, freed = 0
+        """split_huge_page(): a large user folio (a THP or an mTHP) becomes order-0 folios
+        (mappings unchanged). Subpages no longer mapped anywhere are freed; returns how many."""
+        if head >= self.zone.nr_pages or (self.zone.flags[head] & (PG_head | PG_lru)) != (PG_head | PG_lru) \
+                or not 1 <= self.zone.order[head] <= PAGEBLOCK_ORDER:
+            raise ValueError(f"pfn {head} is not the head of a large user folio")
+        cdef int64_t i, freed = 0, nr = <int64_t>1 << self.zone.order[head]
         cdef uint8_t keep = self.zone.flags[head] & (PG_lru | PG_movable_ops | PG_kernel)
         with nogil:
-            for i in range(PTRS_PER_PTE):
+            for i in range(nr):
                 self.zone.flags[head + i] = PG_head | keep
                 self.zone.order[head + i] = 0
-            for i in range(PTRS_PER_PTE):
+            for i in range(nr):
                 if self.zone.mapcount[head + i] == 0:
                     self.zone.free_pages(head + i, 0)
                     freed += 1
@@ -2181,18 +2267,54 @@ cdef class PageTables:
         for i in range(PTRS_PER_PTE):
             self.zone.mapcount[head + i] += delta
 
-    def alloc_thp(self, int alloc_flags, int memcg=0):
-        """An order-9 movable folio for a fault or collapse: zeroed, each frame mapped once;
-        returns the head pfn, or -1 when the free lists refuse."""
-        cdef int64_t pfn, i
+    def alloc_thp(self, int alloc_flags, int memcg=0, int order=PAGEBLOCK_ORDER):
+        """A movable folio (order 9 by default) for a fault or collapse: zeroed, each frame
+        mapped once; returns the head pfn, or -1 when the free lists refuse."""
+        if not 1 <= order <= PAGEBLOCK_ORDER:
+            raise ValueError(f"folio order {order} outside 1..{PAGEBLOCK_ORDER}")
+        if not 0 <= memcg < self.zone.memcg_pages.shape[0]:
+            raise ValueError(f"memcg id {memcg} out of range")
+        cdef int64_t pfn, i, nr = <int64_t>1 << order
         with nogil:
-            pfn = self.zone.alloc_one(PAGEBLOCK_ORDER, MIGRATE_MOVABLE, alloc_flags, PG_lru)
+            pfn = self.zone.alloc_one(order, MIGRATE_MOVABLE, alloc_flags, PG_lru)
             if pfn >= 0:
-                for i in range(PTRS_PER_PTE):
+                for i in range(nr):
                     self.zone.mapcount[pfn + i] = 1
                     self.zone.memcg[pfn + i] = <uint16_t>memcg
-                self.zone.memcg_pages[memcg] += PTRS_PER_PTE
+                    self.zone.content[pfn + i] = 0
+                self.zone.memcg_pages[memcg] += nr
         return pfn
+
+    def map_anon_folio(self, int64_t tid, int i, uint32_t head, int memcg=0):
+        """Map the folio alloc_thp(order=k) returned at the PTEs of a fault at index i (its
+        aligned range, all none: the fault path's FAULT_MTHP said so), as do_anonymous_page
+        does; stats count it. The frames' mapcount/memcg are set again here."""
+        self._check_tid(tid)
+        if not 0 <= i < PTRS_PER_PTE:
+            raise ValueError("PTE index outside a table")
+        if head >= self.zone.nr_pages or (self.zone.flags[head] & (PG_head | PG_lru)) != (PG_head | PG_lru) \
+                or not MTHP_MIN_ORDER <= self.zone.order[head] < PAGEBLOCK_ORDER:
+            raise ValueError(f"pfn {head} is not the head of an mTHP folio")
+        cdef int order = self.zone.order[head], m
+        cdef int64_t nr = <int64_t>1 << order, base = tid * PTRS_PER_PTE
+        cdef int idx = i & ~(<int>nr - 1)
+        for m in range(<int>nr):
+            if self.ptes[base + idx + m] != 0:
+                raise ValueError("the folio's PTE range is not all none")
+        if not 0 <= memcg < self.zone.memcg_pages.shape[0]:
+            raise ValueError(f"memcg id {memcg} out of range")
+        with nogil:
+            self.zone.memcg_pages[<uint16_t>memcg] -= nr     # alloc_thp counted it already
+            self.set_folio_ptes(base, idx, head, order, <uint16_t>memcg)
+            if self.charge_budget > 0:
+                self.charge_budget += nr                     # and charged it already
+
+    def folio_of(self, uint32_t pfn):
+        """(head pfn, order) of the allocated block holding pfn; (-1, 0) if none."""
+        if pfn >= self.zone.nr_pages:
+            raise ValueError(f"pfn {pfn} outside the zone")
+        cdef int64_t h = self.folio_head(pfn)
+        return (h, self.zone.order[h] if h >= 0 else 0)
 
     cdef int _check_thp(self, int64_t head, int i0, int i1) except -1:
         if not 0 <= head < self.zone.nr_pages or head & (PTRS_PER_PTE - 1) \
@@ -2262,15 +2384,15 @@ cdef class PageTables:
         bad = np.nonzero(~user & (expected_np != 0))[0]
         if bad.size:
             return f"pfn {int(bad[0])} is mapped but not an allocated user page"
-        # A user frame with no mapping must belong to a partly mapped THP.
+        # A user frame with no mapping must belong to a partly mapped large folio.
         orphan = np.nonzero(user & (mapcount == 0))[0]
         if orphan.size:
-            heads = np.unique(orphan & ~np.int64(511))
-            for h in heads:
-                if not (mapcount[h:h + 512] > 0).any():
-                    return f"THP at pfn {int(h)} is allocated but entirely unmapped"
-                if self.zone.order[h] != PAGEBLOCK_ORDER or not (flags[h] & PG_head):
+            heads = {self.folio_head(<uint32_t>p) for p in orphan}
+            for h in sorted(heads):
+                if h < 0 or self.zone.order[h] == 0:
                     return f"pfn {int(orphan[0])} is an unmapped order-0 user page"
+                if not (mapcount[h:h + (1 << self.zone.order[h])] > 0).any():
+                    return f"large folio at pfn {int(h)} is allocated but entirely unmapped"
         if self.swap_slots:
             sm = np.asarray(self.swap_map).astype(np.int64)
             if sm[0] != 0xFF or swap_refs_np[0]:

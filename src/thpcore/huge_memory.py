@@ -31,7 +31,13 @@ class TVA(enum.Enum):
 
 def pmd_order_allowed_by_sysfs(machine: "Machine", vma: VMA) -> bool:
     """The anon order mask of __thp_vma_allowable_orders() restricted to PMD order."""
-    per_size = machine.thp.hugepages_2048kB.enabled
+    return order_allowed_by_sysfs(machine, vma, 9)
+
+
+def order_allowed_by_sysfs(machine: "Machine", vma: VMA, order: int) -> bool:
+    """One bit of the anon order mask: hugepages-<size>kB/enabled, "inherit" meaning the
+    global knob."""
+    per_size = machine.thp.sizes[order].enabled
     hugepage = bool(vma.flags & VM_HUGEPAGE)
     if per_size == "always":
         return True
@@ -62,6 +68,46 @@ def thp_vma_allowable(machine: "Machine", mm: MM, vma: VMA, ctx: TVA) -> bool:
     return True
 
 
+MTHP_ORDERS = tuple(range(_engine.PY_MTHP_MIN_ORDER, 9))
+
+
+def thp_vma_allowable_mthp_orders(machine: "Machine", mm: MM, vma: VMA) -> int:
+    """thp_vma_allowable_orders(vma, vm_flags, TVA_PAGEFAULT, BIT(PMD_ORDER) - 1) for an
+    anonymous VMA: the mTHP orders a write fault on a none PTE may allocate (a bit mask)."""
+    orders = 0
+    for order in MTHP_ORDERS:
+        if order_allowed_by_sysfs(machine, vma, order):
+            orders |= 1 << order
+    if not orders or vma.flags & VM_NOHUGEPAGE:
+        return 0
+    if mm.thp_disable:
+        if not (mm.thp_disable - 1) & PR_THP_DISABLE_EXCEPT_ADVISED or not vma.flags & VM_HUGEPAGE:
+            return 0
+    return orders
+
+
+def folio_heads(machine: "Machine", pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(head pfn, order) of the allocated block holding each pfn: blocks are naturally
+    aligned, so it is the smallest aligned-down frame heading a block at least that large."""
+    f = machine.page_alloc.zone.frames()
+    pfns = np.asarray(pfns, dtype=np.int64)
+    heads = pfns.copy()
+    orders = np.zeros(pfns.size, dtype=np.int64)
+    todo = (f["flags"][pfns] & _engine.PY_PG_TAIL) != 0
+    head_here = ~todo
+    orders[head_here] = f["order"][pfns[head_here]]
+    for k in range(1, 11):
+        if not todo.any():
+            break
+        h = pfns[todo] & ~np.int64((1 << k) - 1)
+        hit = ((f["flags"][h] & _engine.PY_PG_HEAD) != 0) & (f["order"][h] >= k)
+        idx = np.nonzero(todo)[0][hit]
+        heads[idx] = h[hit]
+        orders[idx] = f["order"][h[hit]]
+        todo[idx] = False
+    return heads, orders
+
+
 @dataclass(frozen=True)
 class Gfp:
     """The parts of a THP gfp mask the allocator acts on."""
@@ -88,7 +134,7 @@ def vma_thp_gfp_mask(machine: "Machine", vma: VMA) -> Gfp:
     return Gfp(direct_reclaim=False, kswapd=False)
 
 
-def alloc_thp(machine: "Machine", gfp: Gfp, memcg: int = 0) -> int:
+def alloc_thp(machine: "Machine", gfp: Gfp, memcg: int = 0, order: int = 9) -> int:
     """__alloc_pages(order 9): the fast path at the low watermark (ALLOC_NOFRAGMENT first),
     then the slow path: wake kswapd (here: kcompactd, as kswapd would after reclaiming) if the
     gfp allows, retry at min, then direct compaction if the gfp may reclaim: async first
@@ -98,29 +144,29 @@ def alloc_thp(machine: "Machine", gfp: Gfp, memcg: int = 0) -> int:
     from .compaction import CompactResult, Priority
     pt = machine.page_tables
     head = pt.alloc_thp(_engine.PY_ALLOC_WMARK_LOW | _engine.PY_ALLOC_NOFRAGMENT | gfp.alloc_flags(),
-                        memcg)
+                        memcg, order)
     if head >= 0:
         return int(head)
     if gfp.kswapd:
         machine.compaction.wakeup_kcompactd()
     slow = _engine.PY_ALLOC_WMARK_MIN | gfp.alloc_flags()
-    head = pt.alloc_thp(slow, memcg)
+    head = pt.alloc_thp(slow, memcg, order)
     if head >= 0 or not gfp.direct_reclaim:
         return int(head)
     comp = machine.compaction
-    head, rc = comp.direct_compact(9, Priority.ASYNC, lambda: pt.alloc_thp(slow, memcg))
+    head, rc = comp.direct_compact(order, Priority.ASYNC, lambda: pt.alloc_thp(slow, memcg, order))
     if head >= 0:
         return int(head)
     if gfp.noretry and rc in (CompactResult.SKIPPED, CompactResult.DEFERRED):
         return -1
     # __alloc_pages_direct_reclaim(): enough for compaction to have room (compact_gap).
     from .vmscan import try_to_free_pages
-    if try_to_free_pages(machine, 2 << 9):
-        head = pt.alloc_thp(slow, memcg)
+    if try_to_free_pages(machine, 2 << order):
+        head = pt.alloc_thp(slow, memcg, order)
         if head >= 0:
             return int(head)
     prio = Priority.ASYNC if gfp.noretry else Priority.SYNC_LIGHT
-    head, rc = comp.direct_compact(9, prio, lambda: pt.alloc_thp(slow, memcg))
+    head, rc = comp.direct_compact(order, prio, lambda: pt.alloc_thp(slow, memcg, order))
     return int(head)
 
 

@@ -590,6 +590,9 @@ def run_fresh(fn, *args, timeout: float = 120.0, **kwargs):
     probe that counts vmstat events runs here instead.  fn is pickled by reference: it must be
     importable with the caller's sys.path.  Errors come back as with fork_and_run.
     """
+    if getattr(fn, "__module__", None) == "__main__":
+        raise ValueError("run_fresh needs a function the new interpreter can import by name; "
+                         f"{fn!r} lives in __main__ (use fork_and_run, or move it to a module)")
     job = pickle.dumps((fn, args, kwargs))
     head = pickle.dumps(list(sys.path))
     code = "import sys; from thpcore.live import _fresh_main; _fresh_main()"

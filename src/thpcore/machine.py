@@ -122,6 +122,7 @@ class Machine:
         self.page_alloc = PageAllocator(nbytes // PAGE_SIZE)
         self.thp = ThpSettings(self._thp_knob_changed, enabled=transparent_hugepage,
                                small_machine=nbytes < SMALL_MACHINE)
+        object.__setattr__(self.thp, "gauge", self._mthp_gauge)
         self.khugepaged_running = False
         if nbytes >= SMALL_MACHINE:
             self._start_stop_khugepaged()
@@ -139,6 +140,9 @@ class Machine:
         self.thp_index: dict[int, int] = {}
         self.thp_moved: dict[int, set[int]] = {}
         self.deferred_split: dict[int, bool] = {}       # THP head -> partially mapped
+        # Partly mapped mTHP head -> the region where it lost a mapping (only these few: an
+        # index of every mTHP would cost a dict entry per 64 KiB)
+        self.mthp_regions: dict[int, int] = {}
         self.khugepaged_mm_list: list = []
         self._processes: dict[int, "Process"] = {}
         self._next_pid = 1
@@ -189,8 +193,26 @@ class Machine:
     def count(self, event: str, n: int = 1) -> None:
         self.events[event] += n
 
-    def count_mthp(self, stat: str, n: int = 1) -> None:
-        self.thp.hugepages_2048kB.stats[stat] += n
+    def count_mthp(self, stat: str, n: int = 1, order: int = 9) -> None:
+        self.thp.sizes[order].stats[stat] += n
+
+    def _mthp_gauge(self, order: int, name: str) -> int:
+        """hugepages-<size>kB/stats/nr_anon and nr_anon_partially_mapped, from the frames."""
+        f = self.page_alloc.zone.frames()
+        if name == "nr_anon":
+            heads = (f["flags"] & (_engine.PY_PG_HEAD | _engine.PY_PG_LRU)) == \
+                (_engine.PY_PG_HEAD | _engine.PY_PG_LRU)
+            return int((heads & (f["order"] == order)).sum())
+        return sum(1 for h, partial in self.deferred_split.items()
+                   if partial and self._large_folio_order(h) == order)
+
+    def _large_folio_order(self, head: int) -> int:
+        """The order of the user folio headed at pfn head, 0 if head heads none."""
+        f = self.page_alloc.zone.frames()
+        fl = int(f["flags"][head])
+        if fl & _engine.PY_PG_HEAD and fl & _engine.PY_PG_LRU:
+            return int(f["order"][head])
+        return 0
 
     def _nr_anon_pages(self) -> int:
         f = self.page_alloc.zone.frames()
@@ -361,22 +383,34 @@ class Machine:
 
     def thp_folio_freed(self, head: int) -> None:
         self.deferred_split.pop(head, None)
+        self.mthp_regions.pop(head, None)
         self.thp_index.pop(head, None)
         self.thp_moved.pop(head, None)
         self.thp_pmd_mappings.pop(head, None)
 
-    def folio_partially_mapped(self, head: int) -> None:
-        """deferred_split_folio(folio, partially_mapped=true): queue it, once."""
+    def folio_partially_mapped(self, head: int, region: int | None = None) -> None:
+        """deferred_split_folio(folio, partially_mapped=true): queue it, once. An mTHP
+        remembers the 2 MiB region the unmap was in (its split looks for mappings there)."""
+        order = self._large_folio_order(head)
+        if order < 9 and region is not None:
+            self.mthp_regions.setdefault(head, region)
         if not self.deferred_split.get(head, False):
             self.deferred_split[head] = True
-            self.count("thp_deferred_split_page")
-            self.count_mthp("split_deferred")
+            if order == 9:
+                self.count("thp_deferred_split_page")
+            self.count_mthp("split_deferred", order=order if order >= 2 else 9)
 
-    def split_folio(self, head: int) -> int:
-        """split_huge_page() of an anonymous THP into order-0 pages. Every PMD mapping of it is
-        split first (unmap), and on remap (6.12+) a subpage whose contents are all zero is
-        mapped to the shared zero page instead (not in VM_LOCKED VMAs). Subpages no longer
-        mapped are freed; returns how many."""
+    def split_folio(self, head: int, region: int | None = None) -> int:
+        """split_huge_page() of an anonymous THP or mTHP into order-0 pages. Every PMD mapping
+        of it is split first (unmap), and on remap (6.12+) a subpage whose contents are all
+        zero is mapped to the shared zero page instead (not in VM_LOCKED VMAs). Subpages no
+        longer mapped are freed; returns how many. An mTHP queued for a deferred split that
+        is no longer partly mapped (freed, or its pfn reused) is only dropped from the queue."""
+        order = self._large_folio_order(head)
+        if order < 9:
+            if region is not None:
+                self.mthp_regions.setdefault(head, region)
+            return self._split_mthp(head, order)
         from .huge_memory import split_huge_pmd
         from .mm import PMD_KIND_HUGE, PMD_KIND_TABLE, pmd_huge_pfn, pmd_kind, pmd_table_id
         from .vma import VM_LOCKED
@@ -415,6 +449,47 @@ class Machine:
         self.thp_folio_freed(head)
         self.count("thp_split_page")
         self.count_mthp("split")
+        return int(freed)
+
+    def _split_mthp(self, head: int, order: int) -> int:
+        from .mm import PMD_KIND_TABLE, pmd_kind, pmd_table_id
+        from .vma import VM_LOCKED
+        region = self.mthp_regions.get(head)
+        nr = 1 << order
+        if order < 1:
+            self.thp_folio_freed(head)
+            return 0
+        zone = self.page_alloc.zone
+        f = zone.frames()
+        mapcount = f["mapcount"][head:head + nr]
+        if head in self.deferred_split and self.deferred_split[head] and mapcount.all():
+            self.thp_folio_freed(head)           # a queue entry of an earlier folio here
+            return 0
+        content = f["content"]
+        if region is not None:
+            for p in self.processes():
+                mm = p.mm
+                entry = mm.get_pmd(region)
+                if pmd_kind(entry) != PMD_KIND_TABLE:
+                    continue
+                table = self.page_tables.table(pmd_table_id(entry))
+                pfn = (table >> 4).astype(np.int64)
+                mine = ((table & 1) != 0) & (pfn >= head) & (pfn < head + nr)
+                for i in np.nonzero(mine)[0]:
+                    if content[pfn[i]] != 0:
+                        continue
+                    v = mm.vmas.find(region + int(i) * 4096)
+                    if v is not None and v.flags & VM_LOCKED:
+                        continue
+                    table[i] = _engine.PY_PTE_KIND_ZERO
+                    self.page_tables.put_frame(int(pfn[i]))
+                    mm.anon_rss -= 1
+        if self._large_folio_order(head) == order:
+            freed = self.page_tables.split_folio(head)
+        else:
+            freed = nr                      # every subpage was zero: the folio is gone
+        self.thp_folio_freed(head)
+        self.count_mthp("split", order=order)
         return int(freed)
 
     # ---- kernel allocations (for scenarios that fragment memory on purpose) ---------------

@@ -9,8 +9,8 @@ import numpy as np
 
 from . import _engine
 from .huge_memory import (HPAGE_PMD_NR, TVA, alloc_thp, get_huge_zero_folio, map_new_thp,
-                          region_in_vma, split_huge_pmd, thp_vma_allowable, vma_thp_gfp_mask,
-                          zap_huge_pmd)
+                          region_in_vma, split_huge_pmd, thp_vma_allowable,
+                          thp_vma_allowable_mthp_orders, vma_thp_gfp_mask, zap_huge_pmd)
 from .mm import (MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, PMD_WRITE,
                  PMD_YOUNG, make_huge_zero_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind,
                  pmd_table_id)
@@ -101,7 +101,7 @@ def _do_huge_pmd_anonymous_page(machine: "Machine", mm: MM, vma: VMA, region: in
     return True
 
 
-def charge_thp(machine: "Machine", mm: MM, head: int, gfp) -> bool:
+def charge_thp(machine: "Machine", mm: MM, head: int, gfp, order: int = 9) -> bool:
     """mem_cgroup_charge() of a freshly allocated THP (counted against mm's memcg already):
     over a memory.max, reclaim in the limiting memcg if the gfp may block; if it still does
     not fit, the THP is freed (a THP charge never OOM-kills)."""
@@ -115,7 +115,7 @@ def charge_thp(machine: "Machine", mm: MM, head: int, gfp) -> bool:
         excess = machine.cgroups.usage_pages(limiting) - limiting.max_pages
         if not gfp.direct_reclaim or not try_to_free_mem_cgroup_pages(machine, limiting, excess):
             break
-    machine.page_alloc.zone.free(head, 9)
+    machine.page_alloc.zone.free(head, order)
     return False
 
 
@@ -159,6 +159,20 @@ def handle_mm_fault_range(machine: "Machine", mm: MM, vma: VMA, start: int, end:
                           out: np.ndarray | None) -> None:
     """Touch every page of [start, end) inside vma as one access each (read or write).
     The caller has checked that the VMA permits the access."""
+    pt = machine.page_tables
+    orders = thp_vma_allowable_mthp_orders(machine, mm, vma) if write else 0
+    pt.mthp_orders = orders
+    if orders:
+        pt.mthp_vma_start, pt.mthp_vma_end = vma.start >> PAGE_SHIFT, vma.end >> PAGE_SHIFT
+        pt.mthp_alloc_flags = (_engine.PY_ALLOC_WMARK_LOW | _engine.PY_ALLOC_NOFRAGMENT
+                               | vma_thp_gfp_mask(machine, vma).alloc_flags())
+    try:
+        _handle_mm_fault_range(machine, mm, vma, start, end, write, value_mode, value, out)
+    finally:
+        pt.mthp_orders = 0
+
+
+def _handle_mm_fault_range(machine, mm, vma, start, end, write, value_mode, value, out):
     vma_write = bool(vma.flags & VM_WRITE)
     memcg = mm.memcg.id
     # memory.high is enforced after each PTE table's faults (as the per-region path does).
@@ -173,7 +187,7 @@ def handle_mm_fault_range(machine: "Machine", mm: MM, vma: VMA, start: int, end:
             if arr is not None and _walkable(int(arr[(pos >> PMD_SHIFT) & 511]), write):
                 gend = min(end, ((pos >> PUD_SHIFT) + 1) << PUD_SHIFT)
                 o = None if out is None else out[(pos - start) >> PAGE_SHIFT:(gend - start) >> PAGE_SHIFT]
-                pos = _fault_pmd_range(machine, mm, arr, pos, gend, write, vma_write,
+                pos = _fault_pmd_range(machine, mm, vma, arr, pos, gend, write, vma_write,
                                        value_mode, value, o, memcg)
                 if pos == gend:
                     continue
@@ -195,7 +209,7 @@ def _walkable(entry: int, write: bool) -> bool:
     return kind == PMD_KIND_HUGE_ZERO and not write
 
 
-def _fault_pmd_range(machine, mm, arr, lo, hi, write, vma_write, value_mode, value, out,
+def _fault_pmd_range(machine, mm, vma, arr, lo, hi, write, vma_write, value_mode, value, out,
                      memcg) -> int:
     """The engine's walk over [lo, hi) (one GiB); returns where it stopped: hi, or the start
     of a region that needs _fault_region. Reclaim and OOM kills as in _fault_ptes."""
@@ -215,7 +229,42 @@ def _fault_pmd_range(machine, mm, arr, lo, hi, write, vma_write, value_mode, val
             raise RuntimeError(f"corrupt PMD entry at {vpn << PAGE_SHIFT:#x}")
         if rc == _engine.PY_FAULT_SIGSEGV:
             _guard_fault(vpn << PAGE_SHIFT)
+        if rc == _engine.PY_FAULT_MTHP:
+            tid = pmd_table_id(int(arr[(vpn >> 9) & 511]))
+            _do_anonymous_mthp_slow(machine, mm, vma, tid, vpn & 511, vpn, stats["mthp_order"],
+                                    vma_write, value_mode, value, memcg)
+            continue
         retries = _fault_failed(machine, mm, rc, retries)
+
+
+def _do_anonymous_mthp_slow(machine, mm, vma, tid, i, vpn, order, vma_write, value_mode,
+                            value, memcg) -> None:
+    """The rest of alloc_anon_folio() after the engine's fast path failed at `order`: each
+    remaining order with the VMA's THP gfp (slow path: compaction, reclaim as the defrag knob
+    allows) and its memcg charge, counting anon_fault_fallback(_charge) per order tried;
+    without any, one order-0 page. The faulting PTE is present afterwards (the caller's
+    engine walk resumes there and stores the write)."""
+    pt = machine.page_tables
+    gfp = vma_thp_gfp_mask(machine, vma)
+    orders = pt.mthp_orders
+    for k in range(order, 1, -1):
+        if not orders & (1 << k):
+            continue
+        head = alloc_thp(machine, gfp, mm.memcg.id, order=k)
+        if head >= 0 and not charge_thp(machine, mm, head, gfp, order=k):
+            machine.count_mthp("anon_fault_fallback_charge", order=k)
+            head = -1
+        if head < 0:
+            machine.count_mthp("anon_fault_fallback", order=k)
+            continue
+        _engine_fault(machine, mm, lambda: pt.map_anon_folio(tid, i, head, memcg))
+        return
+    pt.mthp_orders = 0
+    try:
+        _fault_ptes(machine, mm, tid, i, i + 1, True, vma_write, vpn, _engine.PY_VALUE_KEEP, 0,
+                    None, memcg)
+    finally:
+        pt.mthp_orders = orders
 
 
 def _fault_region(machine, mm, vma, region, lo, hi, write, vma_write, value_mode, value, o,
@@ -305,6 +354,11 @@ def _fault_ptes(machine, mm, tid, i0, i1, write, vma_write, vpn0, value_mode, va
         i0 = stats["stopped_at"]
         if rc == _engine.PY_FAULT_SIGSEGV:
             _guard_fault(vpn0 << PAGE_SHIFT)
+        if rc == _engine.PY_FAULT_MTHP:
+            vma = mm.vmas.find(vpn0 << PAGE_SHIFT)
+            _do_anonymous_mthp_slow(machine, mm, vma, tid, i0, vpn0, stats["mthp_order"],
+                                    vma_write, value_mode, value, memcg)
+            continue
         retries = _fault_failed(machine, mm, rc, retries)
 
 
@@ -357,8 +411,14 @@ def handle_over_high(machine: "Machine", mm: MM) -> None:
 
 def _account(machine: "Machine", mm: MM, stats: dict) -> None:
     c = machine.costs
-    fresh = stats["anon_allocated"] - stats["swapped_in"]
+    fresh = stats["anon_allocated"] - stats["swapped_in"] - stats["mthp_pages"]
     machine.charge(c.fault_4k_ns, "fault", fresh)
+    if stats["mthp_folios"]:
+        for k, n in enumerate(stats["mthp_alloc"]):
+            if n:
+                # One fault that zeroes the whole folio.
+                machine.charge(c.fault_4k_ns + ((1 << k) - 1) * c.zero_4k_ns, "fault", n)
+                machine.count_mthp("anon_fault_alloc", n, order=k)
     machine.charge(c.fault_zero_page_ns, "fault", max(stats["zero_mapped"], 0) + stats["reused"])
     machine.charge(c.fault_4k_ns - c.zero_4k_ns + c.copy_4k_ns, "fault", stats["cow_copied"])
     machine.charge(c.swap_in_4k_ns, "swap_in", stats["swapped_in"])
@@ -395,7 +455,8 @@ def _zap_pmd_range(machine, mm, arr, lo, hi, keep_guards) -> int:
     pt.reset_stats()
     rc = pt.zap_range(arr, lo >> PAGE_SHIFT, hi >> PAGE_SHIFT, keep_guards)
     stats = pt.get_stats()
-    _account_zap(machine, mm, stats)
+    # The walk stops after each region that left a folio partly mapped: that region's.
+    _account_zap(machine, mm, stats, ((stats["stopped_vpn"] - 1) >> 9) << PMD_SHIFT)
     if rc == _engine.PY_FAULT_BAD_PMD:
         raise RuntimeError(f"corrupt PMD entry at {stats['stopped_vpn'] << PAGE_SHIFT:#x}")
     return stats["stopped_vpn"] << PAGE_SHIFT
@@ -416,14 +477,14 @@ def _zap_region(machine, mm, region, lo, hi, keep_guards) -> None:
     tid = pmd_table_id(entry)
     pt.reset_stats()
     pt.zap(tid, (lo - region) >> PAGE_SHIFT, (hi - region) >> PAGE_SHIFT, keep_guards)
-    _account_zap(machine, mm, pt.get_stats())
+    _account_zap(machine, mm, pt.get_stats(), region)
 
 
-def _account_zap(machine, mm, stats) -> None:
+def _account_zap(machine, mm, stats, region: int | None = None) -> None:
     mm.anon_rss -= stats["rss_removed"]
     mm.swap_ents -= stats["swap_ptes_zapped"]
     for head in machine.page_tables.partial_heads():
-        machine.folio_partially_mapped(int(head))
+        machine.folio_partially_mapped(int(head), region)
 
 
 def free_pgtables(machine: "Machine", mm: MM, start: int, end: int) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .huge_memory import HPAGE_PMD_NR, split_huge_pmd
+from .huge_memory import HPAGE_PMD_NR, folio_heads, split_huge_pmd
 from .mm import MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_YOUNG, pmd_huge_pfn, pmd_table_id
 from .vma import PAGE_SHIFT, PMD_SIZE, VMA
 
@@ -18,28 +18,39 @@ if TYPE_CHECKING:
 PTE_PRESENT, PTE_YOUNG, PTE_DIRTY = 0x1, 0x2, 0x4
 
 
-def _thp_exclusive(machine: "Machine", head: int) -> bool:
+def _thp_exclusive(machine: "Machine", head: int, order: int = 9) -> bool:
     """No subpage of the folio is mapped more than once (folio_maybe_mapped_shared, roughly;
     a PMD-mapped folio has every subpage mapped, a PTE-mapped one may have holes)."""
     mapcount = machine.page_alloc.zone.frames()["mapcount"]
-    return bool((mapcount[head:head + HPAGE_PMD_NR] <= 1).all())
+    return bool((mapcount[head:head + (1 << order)] <= 1).all())
 
 
-def _split_thps_in_table(machine: "Machine", tid: int, i0: int, i1: int) -> None:
-    """Large folios mapped by PTEs in the range are split before reclaim (split_folio)."""
-    zone = machine.page_alloc.zone
-    frames = zone.frames()
+def _large_folios_in(machine: "Machine", tid: int, i0: int, i1: int):
+    """The large folios PTEs i0..i1-1 map: [(head, order, PTEs of the range that map it)]."""
     table = machine.page_tables.table(tid)[i0:i1]
-    present = table[(table & PTE_PRESENT) != 0] >> 4
+    present = (table[(table & PTE_PRESENT) != 0] >> 4).astype(np.int64)
     if not present.size:
-        return
-    in_thp = (frames["order"][present & ~np.uint32(511)] == 9) & \
-             ((frames["flags"][present & ~np.uint32(511)] & 0x2) != 0)
+        return []
+    heads, orders = folio_heads(machine, present)
+    large = orders > 0
+    out = []
+    for head in np.unique(heads[large]):
+        sel = heads == head
+        out.append((int(head), int(orders[sel][0]), int(sel.sum())))
+    return out
+
+
+def _split_thps_in_table(machine: "Machine", tid: int, i0: int, i1: int, region: int) -> None:
+    """Large folios mapped by PTEs in the range are split before reclaim (split_folio). An
+    exclusive mTHP the range maps whole goes to shrink_folio_list whole, where a swap file
+    cannot take it: swpout_fallback, then the split."""
     zone = machine.page_alloc.zone
-    for head in np.unique(present[in_thp] & ~np.uint32(511)):
-        if zone.lazyfree_mask([int(head)])[0]:
+    for head, order, here in _large_folios_in(machine, tid, i0, i1):
+        if zone.lazyfree_mask([head])[0]:
             continue                      # !swapbacked: reclaim discards or keeps it whole
-        machine.split_folio(int(head))
+        if order < 9 and here == 1 << order and _thp_exclusive(machine, head, order):
+            machine.count_mthp("swpout_fallback", order=order)
+        machine.split_folio(head, region)
 
 
 def reclaim_lazyfree_thp(machine: "Machine", mm: MM, region: int) -> bool:
@@ -115,7 +126,7 @@ def madvise_cold_or_pageout(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: i
         if not pageout:
             continue
         if can_swap:
-            _split_thps_in_table(machine, tid, i0, i1)
+            _split_thps_in_table(machine, tid, i0, i1, region)
         pt.reset_stats()
         pt.pageout(tid, i0, i1, can_swap)
         _account_pageout(machine, mm, pt.get_stats())
@@ -152,7 +163,7 @@ def madvise_free(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int) -> None
             machine.split_folio(head)
         tid = pmd_table_id(mm.get_pmd(region))
         i0, i1 = (a - region) >> PAGE_SHIFT, (b - region) >> PAGE_SHIFT
-        _split_partly_covered_thps(machine, tid, i0, i1)
+        _split_partly_covered_thps(machine, tid, i0, i1, region)
         pt.reset_stats()
         pt.madvise_free(tid, i0, i1)
         stats = pt.get_stats()
@@ -160,18 +171,9 @@ def madvise_free(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int) -> None
         machine.count("pglazyfree", stats["lazyfree_marked"])
 
 
-def _split_partly_covered_thps(machine: "Machine", tid: int, i0: int, i1: int) -> None:
+def _split_partly_covered_thps(machine: "Machine", tid: int, i0: int, i1: int,
+                               region: int) -> None:
     """The PTE walk splits an exclusive large folio unless the range maps all of it."""
-    frames = machine.page_alloc.zone.frames()
-    table = machine.page_tables.table(tid)
-    seg = table[i0:i1]
-    present = seg[(seg & PTE_PRESENT) != 0] >> 4
-    if not present.size:
-        return
-    heads = present & ~np.uint32(511)
-    in_thp = (frames["order"][heads] == 9) & ((frames["flags"][heads] & 0x2) != 0)
-    for head in np.unique(heads[in_thp]):
-        head = int(head)
-        mapped_here = np.count_nonzero(heads == head)
-        if mapped_here < HPAGE_PMD_NR and _thp_exclusive(machine, head):
-            machine.split_folio(head)
+    for head, order, here in _large_folios_in(machine, tid, i0, i1):
+        if here < 1 << order and _thp_exclusive(machine, head, order):
+            machine.split_folio(head, region)

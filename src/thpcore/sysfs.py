@@ -25,13 +25,29 @@ SHMEM_WORDS = ("always", "within_size", "advise", "never", "deny", "force")
 PER_SIZE_ENABLED_WORDS = ("always", "inherit", "madvise", "never")
 PER_SIZE_SHMEM_WORDS = ("always", "inherit", "within_size", "advise", "never")
 
-# hugepages-2048kB/stats/ (all read-only counters)
+# The hugepages-<size>kB directories of x86-64 (4 KiB pages): anonymous THP comes in orders
+# 2..9 (THP_ORDERS_ALL_ANON); the order-1 directory exists for shmem/file folios only.
+ANON_ORDERS = tuple(range(2, 10))
+PMD_ORDER = 9
+SHMEM_ONLY_ORDERS = (1,)
+
+
+def size_dir(order: int) -> str:
+    return f"hugepages-{4 << order}kB"
+
+
+# hugepages-<size>kB/stats/ (all read-only counters)
 MTHP_STAT_NAMES = (
     "anon_fault_alloc", "anon_fault_declined", "anon_fault_fallback", "anon_fault_fallback_charge",
     "nr_anon", "nr_anon_partially_mapped", "shmem_alloc", "shmem_fallback", "shmem_fallback_charge",
     "split", "split_deferred", "split_failed", "swpin", "swpin_fallback", "swpin_fallback_charge",
     "swpout", "swpout_fallback", "zswpout",
 )
+# What an order without anonymous THP shows (the kernel hides the anon_* and nr_anon* files).
+SHMEM_ONLY_STAT_NAMES = tuple(n for n in MTHP_STAT_NAMES
+                              if not n.startswith(("anon_", "nr_anon", "split_deferred")))
+# Gauges, computed from the frames when read (the kernel keeps them as counters).
+MTHP_GAUGES = ("nr_anon", "nr_anon_partially_mapped")
 
 
 def _einval(what: str) -> OSError:
@@ -226,17 +242,31 @@ class KhugepagedSettings(KnobGroup):
 
 
 class PerSizeSettings(KnobGroup):
+    """hugepages-<size>kB/: the PMD size inherits the global knobs by default, the smaller
+    (mTHP) sizes start at never."""
     _knobs = {"enabled": Choice(PER_SIZE_ENABLED_WORDS),
               "shmem_enabled": Choice(PER_SIZE_SHMEM_WORDS)}
 
-    def __init__(self, on_change=None, prefix: str = "hugepages-2048kB/"):
+    def __init__(self, on_change=None, prefix: str = "hugepages-2048kB/", order: int = PMD_ORDER):
         super().__init__(on_change, prefix)
-        self._values.update(enabled="inherit", shmem_enabled="inherit")
+        default = "inherit" if order == PMD_ORDER else "never"
+        self._values.update(enabled=default, shmem_enabled=default)
+        object.__setattr__(self, "order", order)
         object.__setattr__(self, "stats", {name: 0 for name in MTHP_STAT_NAMES})
 
 
+class ShmemOnlySizeSettings(PerSizeSettings):
+    """A size only shmem/file folios have (order 1): no anonymous `enabled` knob."""
+    _knobs = {"shmem_enabled": Choice(PER_SIZE_SHMEM_WORDS)}
+
+    def __init__(self, on_change=None, prefix: str = "hugepages-8kB/", order: int = 1):
+        super().__init__(on_change, prefix, order)
+        del self._values["enabled"]
+
+
 class ThpSettings(KnobGroup):
-    """/sys/kernel/mm/transparent_hugepage, typed. Only the PMD size (2048kB) is modelled."""
+    """/sys/kernel/mm/transparent_hugepage, typed: the global knobs, khugepaged/, and one
+    hugepages-<size>kB/ group per folio size (`m.thp.hugepages_64kB.enabled = "always"`)."""
 
     _knobs = {
         "enabled": Choice(ENABLED_WORDS),
@@ -258,7 +288,17 @@ class ThpSettings(KnobGroup):
         self._values.update(shrink_underused=1, shmem_enabled="never", hpage_pmd_size=2 << 20)
         object.__setattr__(self, "khugepaged",
                            KhugepagedSettings(on_change, defrag=0 if small_machine else 1))
-        object.__setattr__(self, "hugepages_2048kB", PerSizeSettings(on_change))
+        sizes = {}
+        for order in SHMEM_ONLY_ORDERS + ANON_ORDERS:
+            cls = ShmemOnlySizeSettings if order in SHMEM_ONLY_ORDERS else PerSizeSettings
+            sizes[order] = cls(on_change, size_dir(order) + "/", order)
+            object.__setattr__(self, size_dir(order).replace("-", "_"), sizes[order])
+        object.__setattr__(self, "sizes", sizes)
+        # machine-provided reader of the gauges (nr_anon...): (order, name) -> int
+        object.__setattr__(self, "gauge", None)
+
+    def per_size(self, order: int) -> PerSizeSettings:
+        return self.sizes[order]
 
     def pmd_enabled(self) -> bool:
         """hugepage_pmd_enabled(): is PMD-size anon THP on for anyone (khugepaged runs)?"""
@@ -266,6 +306,11 @@ class ThpSettings(KnobGroup):
         if per_size in ("always", "madvise"):
             return True
         return per_size == "inherit" and self.enabled in ("always", "madvise")
+
+    def stat(self, order: int, name: str) -> int:
+        if name in MTHP_GAUGES and self.gauge is not None:
+            return int(self.gauge(order, name))
+        return self.sizes[order].stats[name]
 
 
 class Sysfs:
@@ -278,11 +323,16 @@ class Sysfs:
         self._dirs: dict[str, list[str]] = {}
         self._add_group(THP_ROOT, thp)
         self._add_group(THP_ROOT + "/khugepaged", thp.khugepaged)
-        per_size = THP_ROOT + "/hugepages-2048kB"
-        self._add_group(per_size, thp.hugepages_2048kB)
-        self._dirs[per_size + "/stats"] = list(MTHP_STAT_NAMES)
-        self._dirs[THP_ROOT] += ["khugepaged", "hugepages-2048kB"]
-        self._dirs[per_size].append("stats")
+        self._dirs[THP_ROOT].append("khugepaged")
+        self._stats_dirs: dict[str, tuple[int, tuple[str, ...]]] = {}
+        for order, group in thp.sizes.items():
+            per_size = f"{THP_ROOT}/{size_dir(order)}"
+            self._add_group(per_size, group)
+            names = SHMEM_ONLY_STAT_NAMES if order in SHMEM_ONLY_ORDERS else MTHP_STAT_NAMES
+            self._dirs[per_size + "/stats"] = list(names)
+            self._stats_dirs[per_size + "/stats"] = (order, names)
+            self._dirs[THP_ROOT].append(size_dir(order))
+            self._dirs[per_size].append("stats")
         for d in ("/sys", "/sys/kernel", "/sys/kernel/mm"):
             self._dirs[d] = []
         self._dirs["/sys"].append("kernel")
@@ -326,9 +376,9 @@ class Sysfs:
         if path in self._files:
             group, name, knob = self._files[path]
             return knob.render(getattr(group, name))
-        stats_dir = THP_ROOT + "/hugepages-2048kB/stats"
-        if posixpath.dirname(path) == stats_dir and posixpath.basename(path) in MTHP_STAT_NAMES:
-            return f"{self.thp.hugepages_2048kB.stats[posixpath.basename(path)]}\n"
+        stats = self._stats_dirs.get(posixpath.dirname(path))
+        if stats is not None and posixpath.basename(path) in stats[1]:
+            return f"{self.thp.stat(stats[0], posixpath.basename(path))}\n"
         if path in self._dirs:
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
@@ -349,8 +399,8 @@ class Sysfs:
         if path in self._dirs:
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
         if path not in self._files:
-            if self.exists(posixpath.dirname(path)) and posixpath.dirname(path).endswith("/stats") \
-                    and posixpath.basename(path) in MTHP_STAT_NAMES:
+            stats = self._stats_dirs.get(posixpath.dirname(path))
+            if stats is not None and posixpath.basename(path) in stats[1]:
                 raise PermissionError(errno.EACCES, "Permission denied", path)
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
         group, name, knob = self._files[path]

@@ -222,7 +222,7 @@ def kpageflags(machine: "Machine", pfns: np.ndarray) -> tuple[np.ndarray, np.nda
     head = (fl & 0x2) != 0
     tail = (fl & 0x4) != 0
     user = (fl & 0x8) != 0
-    thp_head = head & (order == 9)
+    thp_head = head & (order >= 1) & user      # any large anon folio: KPF_THP (mTHP too)
     v = np.where(user, np.uint64(1 << KPF_ANON), np.uint64(0))
     v |= np.where(thp_head, np.uint64((1 << KPF_COMPOUND_HEAD) | (1 << KPF_THP)), np.uint64(0))
     v |= np.where(tail & user, np.uint64((1 << KPF_COMPOUND_TAIL) | (1 << KPF_THP)), np.uint64(0))
