@@ -22,12 +22,15 @@ op = st.tuples(st.sampled_from(["mmap", "write", "write", "read", "madvise", "fo
                st.integers(0, 2 ** 32 - 1))
 
 
-def _execute(ops, fast, memcg_max):
+def _execute(ops, fast, memcg_max, mthp=False):
     saved = memory.FAST_RANGE_WALKS
     memory.FAST_RANGE_WALKS = fast
     try:
         # 1G: below 512M the kernel boots with THP off, and the walks must meet THPs.
         m = thpcore.Machine("1G", swap="16M", seed=3, transparent_hugepage="always")
+        if mthp:                        # mTHP at fault wherever a PMD THP does not fit
+            m.thp.hugepages_64kB.enabled = "always"
+            m.thp.hugepages_16kB.enabled = "always"
         if memcg_max:
             m.cgroups.create("box")
             m.sysfs.write("/sys/fs/cgroup/box/memory.max", memcg_max)
@@ -82,9 +85,10 @@ def _execute(ops, fast, memcg_max):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.lists(op, min_size=1, max_size=40), memcg_max=st.sampled_from(["", "24M"]))
-def test_fast_path_equals_per_region_path(ops, memcg_max):
-    assert _execute(ops, True, memcg_max) == _execute(ops, False, memcg_max)
+@given(ops=st.lists(op, min_size=1, max_size=40), memcg_max=st.sampled_from(["", "24M"]),
+       mthp=st.booleans())
+def test_fast_path_equals_per_region_path(ops, memcg_max, mthp):
+    assert _execute(ops, True, memcg_max, mthp) == _execute(ops, False, memcg_max, mthp)
 
 
 def test_fault_range_crosses_a_gib_and_stops_where_python_must_decide():

@@ -54,6 +54,8 @@ PY_PMD_KIND_HUGE_ZERO: Final = 0x3
 PY_FAULT_SLOW: Final = 1
 """fault_range/zap_range: stopped at a region the kernel-model layer must handle."""
 PY_FAULT_SIGSEGV: Final = -4
+PY_FAULT_MTHP: Final = -5
+PY_MTHP_MIN_ORDER: Final = 2
 """A fault reached a guard marker (MADV_GUARD_INSTALL)."""
 PY_FAULT_BAD_PMD: Final = -3
 """fault_range/zap_range: a PMD entry names no table or THP in use (corrupt state)."""
@@ -117,6 +119,10 @@ class FaultStats(TypedDict):
     young_cleared: int
     lazyfree_marked: int
     lazyfreed: int
+    mthp_order: int
+    mthp_folios: int
+    mthp_pages: int
+    mthp_alloc: list[int]
 
 @type_check_only
 class ScanCounts(TypedDict):
@@ -254,6 +260,14 @@ class PageTables:
         """Where the next compaction free scan starts (a pageblock)."""
     charge_budget: int
     """Pages faults may still charge to a memcg (-1: unlimited)."""
+    mthp_orders: int
+    """mTHP orders a write fault on a none PTE may allocate (bit k = order k, 2..8; 0: none)."""
+    mthp_vma_start: int
+    """First page of the faulting VMA (an mTHP's aligned range must lie inside)."""
+    mthp_vma_end: int
+    """Page after the faulting VMA."""
+    mthp_alloc_flags: int
+    """alloc_flags of the engine's fast mTHP allocation (the slow path is the caller's)."""
 
     def __new__(cls, zone: Zone, swap_slots: int) -> Self:
         """A pool over `zone` with a swap device of swap_slots pages (< 2**28)."""
@@ -306,7 +320,8 @@ class PageTables:
     def swap_out_thp(self, tid: int, head: int) -> int:
         """Swap out a PTE-mapped exclusive THP into one free cluster; its first slot, or -1."""
     def split_folio(self, head: int) -> int:
-        """split_huge_page(): 512 order-0 folios; returns how many unmapped subpages were freed."""
+        """split_huge_page() of a THP or mTHP into order-0 folios; returns how many unmapped
+        subpages were freed. ValueError unless head heads a large user folio."""
     def copy_table(self, src: int, dst: int) -> None:
         """copy_pte_range() for a private mapping (fork): write-protect, share, ref swap slots."""
     def scan_pmd(self, tid: int, is_khugepaged: bool, max_none: int, max_swap: int,
@@ -334,8 +349,13 @@ class PageTables:
         """Drop one mapping of a user frame (PMD-level zaps)."""
     def map_thp(self, head: int, delta: int) -> None:
         """Add delta to the mapcount of every frame of the THP at head (PMD map/unmap)."""
-    def alloc_thp(self, alloc_flags: int, memcg: int = 0) -> int:
-        """A zeroed order-9 movable folio, each frame mapped once; head pfn, or -1."""
+    def alloc_thp(self, alloc_flags: int, memcg: int = 0, order: int = 9) -> int:
+        """A zeroed movable folio of `order` (1..9), each frame mapped once; head pfn, or -1."""
+    def map_anon_folio(self, tid: int, i: int, head: int, memcg: int = 0) -> None:
+        """Map an mTHP from alloc_thp at the all-none aligned PTE range around index i (young,
+        dirty, writable), counting it in the stats as a fault would."""
+    def folio_of(self, pfn: int) -> tuple[int, int]:
+        """(head pfn, order) of the allocated block holding pfn; (-1, 0) if none."""
     def thp_write(self, head: int, i0: int, i1: int, value_mode: int, value: int,
                   vpn0: int) -> None:
         """Store content words into subpages i0..i1-1 of a THP (a write through its PMD)."""

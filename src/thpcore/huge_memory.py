@@ -74,6 +74,8 @@ MTHP_ORDERS = tuple(range(_engine.PY_MTHP_MIN_ORDER, 9))
 def thp_vma_allowable_mthp_orders(machine: "Machine", mm: MM, vma: VMA) -> int:
     """thp_vma_allowable_orders(vma, vm_flags, TVA_PAGEFAULT, BIT(PMD_ORDER) - 1) for an
     anonymous VMA: the mTHP orders a write fault on a none PTE may allocate (a bit mask)."""
+    if not machine.mthp_possible:
+        return 0
     orders = 0
     for order in MTHP_ORDERS:
         if order_allowed_by_sysfs(machine, vma, order):

@@ -123,6 +123,7 @@ class Machine:
         self.thp = ThpSettings(self._thp_knob_changed, enabled=transparent_hugepage,
                                small_machine=nbytes < SMALL_MACHINE)
         object.__setattr__(self.thp, "gauge", self._mthp_gauge)
+        self.mthp_possible = False          # some mTHP size is not "never" (a fault-path shortcut)
         self.khugepaged_running = False
         if nbytes >= SMALL_MACHINE:
             self._start_stop_khugepaged()
@@ -172,6 +173,8 @@ class Machine:
     # ---- THP knob side effects -------------------------------------------------------------
 
     def _thp_knob_changed(self, name: str) -> None:
+        if name.endswith("/enabled") and name.startswith("hugepages-"):
+            self.mthp_possible = any(self.thp.sizes[k].enabled != "never" for k in range(2, 9))
         if name in ("enabled", "hugepages-2048kB/enabled"):
             self._start_stop_khugepaged()
         elif name in ("khugepaged/scan_sleep_millisecs", "khugepaged/alloc_sleep_millisecs"):
@@ -465,6 +468,11 @@ class Machine:
         if head in self.deferred_split and self.deferred_split[head] and mapcount.all():
             self.thp_folio_freed(head)           # a queue entry of an earlier folio here
             return 0
+        if not self.deferred_split.get(head, False) and int(np.count_nonzero(mapcount)) > 1:
+            # unmap_folio() takes the PTEs away one by one: the folio is partly mapped for a
+            # moment and deferred_split_folio() counts it (live-checked: PAGEOUT of a
+            # PTE-mapped mTHP counts split_deferred; a PMD-mapped THP is unmapped at once).
+            self.count_mthp("split_deferred", order=order)
         content = f["content"]
         if region is not None:
             for p in self.processes():
@@ -595,6 +603,8 @@ class Machine:
         meta = {
             "processes": procs,
             "deferred_split": list(self.deferred_split.items()),
+            "mthp_regions": sorted(self.mthp_regions.items()),
+            "mthp_stats": {o: sorted(g.stats.items()) for o, g in self.thp.sizes.items()},
             "khugepaged_mms": [
                 next(p.pid for p in self._processes.values() if p.mm is mm)
                 for mm in self.khugepaged_mm_list],
