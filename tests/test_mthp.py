@@ -229,3 +229,15 @@ def test_bad_folio_arguments_are_refused_without_damage():
         m.sysfs.write(f"{T}/hugepages-64kB/enabled", "sometimes")
     assert e.value.errno == errno.EINVAL
     m.check()
+
+
+def test_thpmaps_reports_mthp_folios_by_size_and_partial_ones():
+    from thpcore import thpmaps
+    m = _machine(_64="always")
+    p = m.spawn()
+    a = _aligned(p)
+    p.write(a, MB, 1)
+    p.madvise(a + P, P, MADV_DONTNEED)
+    text = thpmaps.render(thpmaps.classify(thpmaps.gather_sim(m, p.pid)))
+    assert "anon-thp-pte-aligned-64kB:           960 kB (94%)" in text
+    assert "anon-thp-pte-partial:                 60 kB ( 6%)" in text
