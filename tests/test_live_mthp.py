@@ -90,11 +90,8 @@ def _sim(steps, first, n, swap=False):
         f"/sys/kernel/mm/transparent_hugepage/hugepages-{kb}kB/stats/{k}"))
     s0 = {kb: {k: stat(kb, k) for k in STATS} for kb in SIZES}
     p = m.spawn()
-    a = p.mmap(4 * MB)
-    a = (a + 2 * MB - 1) & ~(2 * MB - 1)        # a 2 MiB-aligned region inside, like live
-    p.munmap(a + 2 * MB, p.mm.vmas.find(a).end - a - 2 * MB) if p.mm.vmas.find(a).end > a + 2 * MB else None
-    if p.mm.vmas.find(a).start < a:
-        p.munmap(p.mm.vmas.find(a).start, a - p.mm.vmas.find(a).start)
+    a = p.mmap(2 * MB)
+    assert a % (2 * MB) == 0                    # 2 MiB-multiple anon lengths are aligned
     p.madvise(a, 2 * MB, MADV_HUGEPAGE)
     for op, off, length, *advice in steps:
         if op == "write":
