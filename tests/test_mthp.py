@@ -241,3 +241,18 @@ def test_thpmaps_reports_mthp_folios_by_size_and_partial_ones():
     text = thpmaps.render(thpmaps.classify(thpmaps.gather_sim(m, p.pid)))
     assert "anon-thp-pte-aligned-64kB:           960 kB (94%)" in text
     assert "anon-thp-pte-partial:                 60 kB ( 6%)" in text
+
+
+def test_check_finds_an_allocated_mthp_that_nothing_maps():
+    from thpcore import _engine
+    m = _machine(_64="always")
+    head = m.page_tables.alloc_thp(_engine.PY_ALLOC_WMARK_LOW, 0, 4)
+    assert head >= 0
+    with pytest.raises(thpcore.InvariantError, match="mapcount 1 but 0 mappings"):
+        m.check()                                  # a folio allocated and never mapped
+    for pfn in range(head + 1, head + 16):
+        m.page_tables.put_frame(pfn)               # partly mapped by its count, still leaked
+    with pytest.raises(thpcore.InvariantError, match=f"pfn {head}: mapcount 1"):
+        m.check()
+    m.page_tables.put_frame(head)                  # the last put frees the whole folio
+    m.check()

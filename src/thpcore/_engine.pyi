@@ -354,8 +354,10 @@ class PageTables:
     def map_anon_folio(self, tid: int, i: int, head: int, memcg: int = 0) -> None:
         """Map an mTHP from alloc_thp at the all-none aligned PTE range around index i (young,
         dirty, writable), counting it in the stats as a fault would."""
-    def folio_of(self, pfn: int) -> tuple[int, int]:
-        """(head pfn, order) of the allocated block holding pfn; (-1, 0) if none."""
+    def folio_heads(self, pfns: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64],
+                                                                 npt.NDArray[np.int64]]:
+        """(heads, orders) of the allocated blocks holding each pfn; -1 and 0 where none.
+        ValueError for a pfn outside the zone."""
     def thp_write(self, head: int, i0: int, i1: int, value_mode: int, value: int,
                   vpn0: int) -> None:
         """Store content words into subpages i0..i1-1 of a THP (a write through its PMD)."""

@@ -963,6 +963,18 @@ def set_rmap_window(int64_t frames):
     return old
 
 
+cdef uint32_t* out_pointer(object out, int64_t n) except? NULL:
+    """The first element of a caller's uint32 `out` array of at least n entries (NULL when
+    out is None or n is 0); the caller keeps `out` alive across the nogil call."""
+    cdef uint32_t[::1] outv
+    if out is None:
+        return NULL
+    outv = out
+    if outv.shape[0] < n:
+        raise ValueError("out is too short")
+    return &outv[0] if n > 0 else NULL
+
+
 cdef class PageTables:
 
     def __cinit__(self, Zone zone, int64_t swap_slots):
@@ -1110,17 +1122,14 @@ cdef class PageTables:
 
     cdef void set_folio_ptes(self, int64_t base, int idx, uint32_t head, int order,
                              uint16_t memcg) noexcept nogil:
-        """Map a new zeroed folio at PTEs idx.. of a table (set_ptes: young, dirty, writable)."""
+        """Map a new folio (zeroed by prep_new_page, charged by its allocator) at PTEs idx..
+        of a table (set_ptes: young, dirty, writable), and count the fault."""
         cdef int64_t m, nr = <int64_t>1 << order
         for m in range(nr):
             self.zone.mapcount[head + m] = 1
             self.zone.memcg[head + m] = memcg
-            self.zone.content[head + m] = 0
             self.ptes[base + idx + m] = ((<uint32_t>(head + m) << PTE_PFN_SHIFT) | PTE_PRESENT
                                          | PTE_YOUNG | PTE_DIRTY | PTE_WRITE)
-        self.zone.memcg_pages[memcg] += nr
-        if self.charge_budget > 0:
-            self.charge_budget -= nr
         self.stats.anon_allocated += nr
         self.stats.mthp_folios += 1
         self.stats.mthp_pages += nr
@@ -1162,6 +1171,9 @@ cdef class PageTables:
         if pfn < 0:
             self.stats.mthp_order = k
             return -1
+        self.zone.memcg_pages[memcg] += nr
+        if self.charge_budget > 0:
+            self.charge_budget -= nr
         self.set_folio_ptes(base, i & ~(<int>nr - 1), <uint32_t>pfn, k, memcg)
         return k
 
@@ -1694,14 +1706,7 @@ cdef class PageTables:
         check_value_mode(value_mode)
         if not 0 <= i0 <= i1 <= PTRS_PER_PTE:
             raise ValueError("PTE index range outside a table")
-        cdef uint32_t[::1] outv
-        cdef uint32_t* outp = NULL
-        if out is not None:
-            outv = out
-            if outv.shape[0] < i1 - i0:
-                raise ValueError("out is too short")
-            if i1 > i0:
-                outp = &outv[0]
+        cdef uint32_t* outp = out_pointer(out, i1 - i0)
         cdef int rc
         with nogil:
             rc = self.fault_pte_range(tid, i0, i1, write, vma_write, vpn0, value_mode, value,
@@ -1745,14 +1750,7 @@ cdef class PageTables:
         entry), with stats.stopped_vpn where the walk stopped."""
         self._check_pmd_range(pmds, vpn, vpn_end)
         check_value_mode(value_mode)
-        cdef uint32_t[::1] outv
-        cdef uint32_t* outp = NULL
-        if out is not None:
-            outv = out
-            if outv.shape[0] < vpn_end - vpn:
-                raise ValueError("out is too short")
-            if vpn_end > vpn:
-                outp = &outv[0]
+        cdef uint32_t* outp = out_pointer(out, vpn_end - vpn)
         cdef int rc
         cdef uint64_t* p = &pmds[0]
         with nogil:
@@ -2281,14 +2279,13 @@ cdef class PageTables:
                 for i in range(nr):
                     self.zone.mapcount[pfn + i] = 1
                     self.zone.memcg[pfn + i] = <uint16_t>memcg
-                    self.zone.content[pfn + i] = 0
                 self.zone.memcg_pages[memcg] += nr
         return pfn
 
     def map_anon_folio(self, int64_t tid, int i, uint32_t head, int memcg=0):
         """Map the folio alloc_thp(order=k) returned at the PTEs of a fault at index i (its
         aligned range, all none: the fault path's FAULT_MTHP said so), as do_anonymous_page
-        does; stats count it. The frames' mapcount/memcg are set again here."""
+        does; stats count it (alloc_thp charged the memcg already)."""
         self._check_tid(tid)
         if not 0 <= i < PTRS_PER_PTE:
             raise ValueError("PTE index outside a table")
@@ -2304,17 +2301,25 @@ cdef class PageTables:
         if not 0 <= memcg < self.zone.memcg_pages.shape[0]:
             raise ValueError(f"memcg id {memcg} out of range")
         with nogil:
-            self.zone.memcg_pages[<uint16_t>memcg] -= nr     # alloc_thp counted it already
             self.set_folio_ptes(base, idx, head, order, <uint16_t>memcg)
-            if self.charge_budget > 0:
-                self.charge_budget += nr                     # and charged it already
 
-    def folio_of(self, uint32_t pfn):
-        """(head pfn, order) of the allocated block holding pfn; (-1, 0) if none."""
-        if pfn >= self.zone.nr_pages:
-            raise ValueError(f"pfn {pfn} outside the zone")
-        cdef int64_t h = self.folio_head(pfn)
-        return (h, self.zone.order[h] if h >= 0 else 0)
+    def folio_heads(self, const int64_t[::1] pfns):
+        """(heads, orders): the head pfn and order of the allocated block holding each pfn
+        (folio_head); -1 and 0 where a pfn is in no allocated block."""
+        cdef int64_t n = pfns.shape[0], k, h
+        for k in range(n):
+            if not 0 <= pfns[k] < self.zone.nr_pages:
+                raise ValueError(f"pfn {pfns[k]} outside the zone")
+        heads_np = np.empty(n, dtype=np.int64)
+        orders_np = np.zeros(n, dtype=np.int64)
+        cdef int64_t[::1] heads = heads_np, orders = orders_np
+        with nogil:
+            for k in range(n):
+                h = self.folio_head(<uint32_t>pfns[k])
+                heads[k] = h
+                if h >= 0:
+                    orders[k] = self.zone.order[h]
+        return heads_np, orders_np
 
     cdef int _check_thp(self, int64_t head, int i0, int i1) except -1:
         if not 0 <= head < self.zone.nr_pages or head & (PTRS_PER_PTE - 1) \
@@ -2387,12 +2392,13 @@ cdef class PageTables:
         # A user frame with no mapping must belong to a partly mapped large folio.
         orphan = np.nonzero(user & (mapcount == 0))[0]
         if orphan.size:
-            heads = {self.folio_head(<uint32_t>p) for p in orphan}
-            for h in sorted(heads):
-                if h < 0 or self.zone.order[h] == 0:
-                    return f"pfn {int(orphan[0])} is an unmapped order-0 user page"
-                if not (mapcount[h:h + (1 << self.zone.order[h])] > 0).any():
-                    return f"large folio at pfn {int(h)} is allocated but entirely unmapped"
+            heads_np, orders_np = self.folio_heads(orphan.astype(np.int64))
+            small = np.nonzero(orders_np == 0)[0]
+            if small.size:
+                return f"pfn {int(orphan[small[0]])} is an unmapped order-0 user page"
+            for h, o in sorted(set(zip(heads_np.tolist(), orders_np.tolist()))):
+                if not (mapcount[h:h + (1 << o)] > 0).any():
+                    return f"large folio at pfn {h} is allocated but entirely unmapped"
         if self.swap_slots:
             sm = np.asarray(self.swap_map).astype(np.int64)
             if sm[0] != 0xFF or swap_refs_np[0]:

@@ -89,25 +89,8 @@ def thp_vma_allowable_mthp_orders(machine: "Machine", mm: MM, vma: VMA) -> int:
 
 
 def folio_heads(machine: "Machine", pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(head pfn, order) of the allocated block holding each pfn: blocks are naturally
-    aligned, so it is the smallest aligned-down frame heading a block at least that large."""
-    f = machine.page_alloc.zone.frames()
-    pfns = np.asarray(pfns, dtype=np.int64)
-    heads = pfns.copy()
-    orders = np.zeros(pfns.size, dtype=np.int64)
-    todo = (f["flags"][pfns] & _engine.PY_PG_TAIL) != 0
-    head_here = ~todo
-    orders[head_here] = f["order"][pfns[head_here]]
-    for k in range(1, 11):
-        if not todo.any():
-            break
-        h = pfns[todo] & ~np.int64((1 << k) - 1)
-        hit = ((f["flags"][h] & _engine.PY_PG_HEAD) != 0) & (f["order"][h] >= k)
-        idx = np.nonzero(todo)[0][hit]
-        heads[idx] = h[hit]
-        orders[idx] = f["order"][h[hit]]
-        todo[idx] = False
-    return heads, orders
+    """(head pfn, order) of the allocated block holding each pfn (the engine's folio_head)."""
+    return machine.page_tables.folio_heads(np.ascontiguousarray(pfns, dtype=np.int64))
 
 
 @dataclass(frozen=True)

@@ -415,10 +415,8 @@ class Machine:
                 self.mthp_regions.setdefault(head, region)
             return self._split_mthp(head, order)
         from .huge_memory import split_huge_pmd
-        from .mm import PMD_KIND_HUGE, PMD_KIND_TABLE, pmd_huge_pfn, pmd_kind, pmd_table_id
-        from .vma import VM_LOCKED
+        from .mm import PMD_KIND_HUGE, pmd_huge_pfn, pmd_kind
         zone = self.page_alloc.zone
-        content = zone.frames()["content"]
         regions = set(self.thp_moved.get(head, ()))
         if head in self.thp_index:
             regions.add(self.thp_index[head])
@@ -428,22 +426,7 @@ class Machine:
                 entry = mm.get_pmd(region)
                 if pmd_kind(entry) == PMD_KIND_HUGE and pmd_huge_pfn(entry) == head:
                     split_huge_pmd(self, mm, region)
-                    entry = mm.get_pmd(region)
-                if pmd_kind(entry) != PMD_KIND_TABLE:
-                    continue
-                table = self.page_tables.table(pmd_table_id(entry))
-                pfn = (table >> 4).astype(np.int64)
-                mine = ((table & 1) != 0) & (pfn >= head) & (pfn < head + 512)
-                if not mine.any():
-                    continue
-                idx = np.nonzero(mine)[0]
-                zero = idx[content[pfn[idx]] == 0]
-                zero = [i for i in zero if not (mm.vmas.find(region + int(i) * 4096) or
-                                                 _NoVMA).flags & VM_LOCKED]
-                for i in zero:
-                    table[i] = _engine.PY_PTE_KIND_ZERO
-                    self.page_tables.put_frame(int(pfn[i]))
-                mm.anon_rss -= len(zero)
+                self._remap_zero_subpages(mm, region, head, 512)
         f = zone.frames()
         if f["order"][head] == 9 and f["flags"][head] & _engine.PY_PG_HEAD:
             freed = self.page_tables.split_folio(head)
@@ -454,44 +437,48 @@ class Machine:
         self.count_mthp("split")
         return int(freed)
 
-    def _split_mthp(self, head: int, order: int) -> int:
+    def _remap_zero_subpages(self, mm, region: int, head: int, nr: int) -> None:
+        """remap_page(RMP_USE_SHARED_ZEROPAGE) in one mm's PTE table at region: subpages of
+        the folio [head, head + nr) whose content is all zero map the zero page instead (not
+        in VM_LOCKED VMAs)."""
         from .mm import PMD_KIND_TABLE, pmd_kind, pmd_table_id
         from .vma import VM_LOCKED
-        region = self.mthp_regions.get(head)
-        nr = 1 << order
-        if order < 1:
+        entry = mm.get_pmd(region)
+        if pmd_kind(entry) != PMD_KIND_TABLE:
+            return
+        table = self.page_tables.table(pmd_table_id(entry))
+        pfn = (table >> 4).astype(np.int64)
+        mine = ((table & 1) != 0) & (pfn >= head) & (pfn < head + nr)
+        if not mine.any():
+            return
+        idx = np.nonzero(mine)[0]
+        zero = idx[self.page_alloc.zone.frames()["content"][pfn[idx]] == 0]
+        zero = [i for i in zero if not (mm.vmas.find(region + int(i) * 4096) or
+                                         _NoVMA).flags & VM_LOCKED]
+        for i in zero:
+            table[i] = _engine.PY_PTE_KIND_ZERO
+            self.page_tables.put_frame(int(pfn[i]))
+        mm.anon_rss -= len(zero)
+
+    def _split_mthp(self, head: int, order: int) -> int:
+        if order == 0:                          # a queue entry whose folio is gone
             self.thp_folio_freed(head)
             return 0
-        zone = self.page_alloc.zone
-        f = zone.frames()
-        mapcount = f["mapcount"][head:head + nr]
-        if head in self.deferred_split and self.deferred_split[head] and mapcount.all():
+        nr = 1 << order
+        mapcount = self.page_alloc.zone.frames()["mapcount"][head:head + nr]
+        queued = self.deferred_split.get(head, False)
+        if queued and mapcount.all():
             self.thp_folio_freed(head)           # a queue entry of an earlier folio here
             return 0
-        if not self.deferred_split.get(head, False) and int(np.count_nonzero(mapcount)) > 1:
+        if not queued and int(np.count_nonzero(mapcount)) > 1:
             # unmap_folio() takes the PTEs away one by one: the folio is partly mapped for a
             # moment and deferred_split_folio() counts it (live-checked: PAGEOUT of a
             # PTE-mapped mTHP counts split_deferred; a PMD-mapped THP is unmapped at once).
             self.count_mthp("split_deferred", order=order)
-        content = f["content"]
+        region = self.mthp_regions.get(head)
         if region is not None:
             for p in self.processes():
-                mm = p.mm
-                entry = mm.get_pmd(region)
-                if pmd_kind(entry) != PMD_KIND_TABLE:
-                    continue
-                table = self.page_tables.table(pmd_table_id(entry))
-                pfn = (table >> 4).astype(np.int64)
-                mine = ((table & 1) != 0) & (pfn >= head) & (pfn < head + nr)
-                for i in np.nonzero(mine)[0]:
-                    if content[pfn[i]] != 0:
-                        continue
-                    v = mm.vmas.find(region + int(i) * 4096)
-                    if v is not None and v.flags & VM_LOCKED:
-                        continue
-                    table[i] = _engine.PY_PTE_KIND_ZERO
-                    self.page_tables.put_frame(int(pfn[i]))
-                    mm.anon_rss -= 1
+                self._remap_zero_subpages(p.mm, region, head, nr)
         if self._large_folio_order(head) == order:
             freed = self.page_tables.split_folio(head)
         else:

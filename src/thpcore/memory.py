@@ -232,13 +232,12 @@ def _fault_pmd_range(machine, mm, vma, arr, lo, hi, write, vma_write, value_mode
         if rc == _engine.PY_FAULT_MTHP:
             tid = pmd_table_id(int(arr[(vpn >> 9) & 511]))
             _do_anonymous_mthp_slow(machine, mm, vma, tid, vpn & 511, vpn, stats["mthp_order"],
-                                    vma_write, value_mode, value, memcg)
+                                    vma_write, memcg)
             continue
         retries = _fault_failed(machine, mm, rc, retries)
 
 
-def _do_anonymous_mthp_slow(machine, mm, vma, tid, i, vpn, order, vma_write, value_mode,
-                            value, memcg) -> None:
+def _do_anonymous_mthp_slow(machine, mm, vma, tid, i, vpn, order, vma_write, memcg) -> None:
     """The rest of alloc_anon_folio() after the engine's fast path failed at `order`: each
     remaining order with the VMA's THP gfp (slow path: compaction, reclaim as the defrag knob
     allows) and its memcg charge, counting anon_fault_fallback(_charge) per order tried;
@@ -357,7 +356,7 @@ def _fault_ptes(machine, mm, tid, i0, i1, write, vma_write, vpn0, value_mode, va
         if rc == _engine.PY_FAULT_MTHP:
             vma = mm.vmas.find(vpn0 << PAGE_SHIFT)
             _do_anonymous_mthp_slow(machine, mm, vma, tid, i0, vpn0, stats["mthp_order"],
-                                    vma_write, value_mode, value, memcg)
+                                    vma_write, memcg)
             continue
         retries = _fault_failed(machine, mm, rc, retries)
 
