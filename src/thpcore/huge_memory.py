@@ -49,18 +49,24 @@ def order_allowed_by_sysfs(machine: "Machine", vma: VMA, order: int) -> bool:
     return False
 
 
+def vma_thp_disabled(mm: MM, vma: VMA, forced_collapse: bool = False) -> bool:
+    """VM_NOHUGEPAGE, or the prctl: PR_SET_THP_DISABLE refuses every VMA, its
+    EXCEPT_ADVISED mode the VMAs without VM_HUGEPAGE (MADV_COLLAPSE aside)."""
+    if vma.flags & VM_NOHUGEPAGE:
+        return True
+    if mm.thp_disable:
+        if not (mm.thp_disable - 1) & PR_THP_DISABLE_EXCEPT_ADVISED:
+            return True
+        return not vma.flags & VM_HUGEPAGE and not forced_collapse
+    return False
+
+
 def thp_vma_allowable(machine: "Machine", mm: MM, vma: VMA, ctx: TVA) -> bool:
     """thp_vma_allowable_order(vma, vm_flags, ctx, PMD_ORDER) for an anonymous VMA."""
     if ctx is not TVA.FORCED_COLLAPSE and not pmd_order_allowed_by_sysfs(machine, vma):
         return False
-    if vma.flags & VM_NOHUGEPAGE:
+    if vma_thp_disabled(mm, vma, ctx is TVA.FORCED_COLLAPSE):
         return False
-    if mm.thp_disable:
-        flags = mm.thp_disable - 1
-        if not flags & PR_THP_DISABLE_EXCEPT_ADVISED:
-            return False
-        if not (vma.flags & VM_HUGEPAGE) and ctx is not TVA.FORCED_COLLAPSE:
-            return False
     if ctx is not TVA.PAGEFAULT and not vma.has_aligned_pmd():
         return False
     if ctx in (TVA.KHUGEPAGED, TVA.FORCED_COLLAPSE) and vma.anon_vma is None:
@@ -80,12 +86,7 @@ def thp_vma_allowable_mthp_orders(machine: "Machine", mm: MM, vma: VMA) -> int:
     for order in MTHP_ORDERS:
         if order_allowed_by_sysfs(machine, vma, order):
             orders |= 1 << order
-    if not orders or vma.flags & VM_NOHUGEPAGE:
-        return 0
-    if mm.thp_disable:
-        if not (mm.thp_disable - 1) & PR_THP_DISABLE_EXCEPT_ADVISED or not vma.flags & VM_HUGEPAGE:
-            return 0
-    return orders
+    return 0 if not orders or vma_thp_disabled(mm, vma) else orders
 
 
 def folio_heads(machine: "Machine", pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
