@@ -54,9 +54,11 @@ PY_PMD_KIND_HUGE_ZERO: Final = 0x3
 PY_FAULT_SLOW: Final = 1
 """fault_range/zap_range: stopped at a region the kernel-model layer must handle."""
 PY_FAULT_SIGSEGV: Final = -4
-PY_FAULT_MTHP: Final = -5
-PY_MTHP_MIN_ORDER: Final = 2
 """A fault reached a guard marker (MADV_GUARD_INSTALL)."""
+PY_FAULT_MTHP: Final = -5
+"""fault_range: an mTHP allocation needs the kernel model's slow path (allocation or memcg charge)."""
+PY_MTHP_MIN_ORDER: Final = 2
+"""Smallest anonymous mTHP order (16 kB)."""
 PY_FAULT_BAD_PMD: Final = -3
 """fault_range/zap_range: a PMD entry names no table or THP in use (corrupt state)."""
 PY_PTE_PRESENT: Final = 0x1

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 # enum scan_result, from the engine's own list (its codes are the same numbers): one source.
 ScanResult = enum.IntEnum(  # type: ignore[misc]
     "ScanResult", {name: i for i, name in enumerate(_engine.SCAN_RESULTS)})
-globals().update(ScanResult.__members__)
 
 # The "needs one writable PTE" rule (SCAN_PAGE_RO) is gone in 6.18: the live kernel collapses
 # a region right after fork(), or after mprotect(PROT_READ), and one holding only zero-page PTEs.
@@ -86,8 +85,8 @@ def hpage_collapse_scan_pmd(machine: "Machine", mm: MM, vma: VMA, region: int,
     elif entry == 0:
         result = ScanResult.SCAN_PMD_NONE
     elif kind in (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO):
-        # A huge zero PMD is not a THP mapping: the kernel sees a huge PMD and stops.
-        result = ScanResult.SCAN_PMD_MAPPED if kind == PMD_KIND_HUGE else ScanResult.SCAN_PMD_MAPPED
+        # A huge zero PMD is not a THP mapping, but the kernel sees a huge PMD and stops alike.
+        result = ScanResult.SCAN_PMD_MAPPED
     else:
         t = machine.thp.khugepaged
         lim = cc.limits
