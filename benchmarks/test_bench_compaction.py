@@ -1,7 +1,7 @@
 """Compaction throughput: pages migrated per second by a full compaction of a fragmented zone
 (target, issue 5: >= 10 million)."""
 
-from thpcore.bench import compaction_setup
+from thpcore.lab.bench import compaction_setup
 
 
 def test_pages_migrated_per_second(benchmark):

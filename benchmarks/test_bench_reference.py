@@ -2,7 +2,7 @@
 inputs as test_bench_collapse.py (target, issue 9: the engine >= 100x on scan and collapse),
 plus the memory and khugepaged-speed figures of `thpcore bench`."""
 
-from thpcore import bench
+from thpcore.lab import bench
 from thpcore.reference import khugepaged as ref
 
 

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from thpcore.scenario import load_scenario, run_scenario
-from thpcore.sweep import Sweep, run_sweep
+from thpcore.lab.scenario import load_scenario, run_scenario
+from thpcore.lab.sweep import Sweep, run_sweep
 
 SWEEP = """
 scenario = "default"

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from thpcore import Machine
-from thpcore.cli import main
-from thpcore.scenario import (SUMMARY_COLUMNS, load_scenario, parse_scenario, run_scenario,
+from thpcore.cli.main import main
+from thpcore.lab.scenario import (SUMMARY_COLUMNS, load_scenario, parse_scenario, run_scenario,
                               run_variant)
-from thpcore.workloads import KINDS, fragment, make
+from thpcore.lab.workloads import KINDS, fragment, make
 
 SMALL = """
 [scenario]
@@ -84,7 +84,7 @@ def test_small_scenario_compares_policies(tmp_path, capsys):
 
 def test_plots_written_when_matplotlib_is_installed(tmp_path):
     pytest.importorskip("matplotlib")
-    from thpcore.report import write_results
+    from thpcore.lab.report import write_results
     sc = parse_scenario(SMALL)
     sc.run["duration"], sc.run["variants"] = 40, ["khugepaged"]
     written = write_results(run_scenario(sc), tmp_path)
@@ -94,7 +94,7 @@ def test_plots_written_when_matplotlib_is_installed(tmp_path):
 
 
 def test_default_output_dir_is_new(tmp_path, monkeypatch):
-    from thpcore.report import new_results_dir
+    from thpcore.lab.report import new_results_dir
     monkeypatch.chdir(tmp_path)
     a = new_results_dir("x")
     a.mkdir(parents=True)
@@ -189,13 +189,13 @@ def test_fragment_scattered_pollutes_more_pageblocks_than_packed():
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "thpcore.cli", "--version"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "thpcore.cli.main", "--version"], capture_output=True,
                          text=True, check=True)
     assert out.stdout.startswith("thpcore ")
 
 
 def test_bench_figures_are_positive_and_memory_within_target():
-    from thpcore.bench import bench_bytes_per_page, bench_collapse, bench_faults, reference_buddy
+    from thpcore.lab.bench import bench_bytes_per_page, bench_collapse, bench_faults, reference_buddy
     assert bench_collapse() > 0 and bench_faults(False) > 0 and reference_buddy(256) > 0
     assert 12 < bench_bytes_per_page() <= 16
 
@@ -208,7 +208,7 @@ def test_thpmaps_subcommand_is_the_scripts_parser(capsys):
 
 
 def test_scale_run_on_a_small_host(capsys):
-    from thpcore.scale import main as scale_main
+    from thpcore.lab.scale import main as scale_main
     assert scale_main(["--memory", "1G", "--khugepaged-seconds", "5"]) == 0
     out = capsys.readouterr().out
     assert "populated 250 processes" in out and "collapses" in out and "compact_memory" in out
@@ -242,7 +242,7 @@ hugepage = "after"
 
 
 def test_fragment_of_a_fresh_zone_is_built_once_and_reused_exactly():
-    from thpcore import workloads
+    from thpcore.lab import workloads
     workloads._FRAGMENTED.clear()
     hashes = []
     for _ in range(3):                    # built, then restored from the kept state twice

@@ -9,7 +9,7 @@ import thpcore
 from thpcore import (MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_F_COLLAPSE_DEFRAG,
                      MADV_F_COLLAPSE_LIMITS, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_PAGEOUT,
                      PR_SET_THP_DISABLE, PR_THP_DISABLE_EXCEPT_ADVISED)
-from thpcore.khugepaged import ScanResult
+from thpcore.mm.khugepaged import ScanResult
 
 from conftest import unchanged
 

@@ -7,7 +7,7 @@ import pytest
 
 import thpcore
 from thpcore import MADV_DONTNEED, MADV_HUGEPAGE
-from thpcore.compaction import CompactResult
+from thpcore.mm.compaction import CompactResult
 
 from conftest import unchanged
 
@@ -192,7 +192,7 @@ def test_compaction_reverse_map_window_does_not_change_results():
     """Compaction builds its PTE reverse map a window of frames at a time (bounded memory on a
     1 TiB zone); a window of 4 pageblocks must give bit-for-bit the result of one window."""
     from thpcore import _engine
-    from thpcore.workloads import fragment
+    from thpcore.lab.workloads import fragment
 
     def run():
         m = thpcore.Machine("256M", seed=5, transparent_hugepage="never")

@@ -1,4 +1,4 @@
-"""Differential tests: every scenario of thpcore.fidelity's suite (faults, huge zero page,
+"""Differential tests: every scenario of thpcore.cli.fidelity's suite (faults, huge zero page,
 partial THP operations, fork/COW, pageout, madvise errno, MADV_COLLAPSE cases and ranges,
 khugepaged limits) run on this machine's kernel and in the simulator must agree exactly
 (a mismatch is measured again up to fidelity.ATTEMPTS times: machine-wide counters can pick up
@@ -6,7 +6,7 @@ another process's THP activity; a real difference shows in every attempt)."""
 
 import pytest
 
-from thpcore import fidelity
+from thpcore.cli import fidelity
 
 pytestmark = pytest.mark.live
 

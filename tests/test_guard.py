@@ -92,6 +92,6 @@ def test_madv_collapse_over_a_guard_is_einval_and_changes_no_mapping():
     assert info.value.errno == errno.EINVAL
     assert m.vmstat["thp_collapse_alloc"] == 1
     m.check()
-    pm = thpcore.task_mmu.pagemap(m, p.mm, a, a + 2 * PAGE)
+    pm = thpcore.proc.task_mmu.pagemap(m, p.mm, a, a + 2 * PAGE)
     assert int(pm[1]) == (1 << 62) | (1 << 58) | (4 << 5) | 31
     assert np.count_nonzero(p.read(a + 2 * PAGE, 2 * MB - 2 * PAGE) == 7) == 510

@@ -240,7 +240,7 @@ def test_collapse_compound_extreme(ctx):
 
 def pte_pfns(m, p, addr):
     """The pfns the PTE table of the region at addr maps (all present)."""
-    from thpcore.mm import pmd_kind, pmd_table_id, PMD_KIND_TABLE
+    from thpcore.mm.mm_types import pmd_kind, pmd_table_id, PMD_KIND_TABLE
     entry = p.mm.get_pmd(addr)
     assert pmd_kind(entry) == PMD_KIND_TABLE
     table = m.page_tables.table(pmd_table_id(entry))

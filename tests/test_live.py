@@ -12,10 +12,10 @@ import pytest
 
 import thpcore
 from thpcore import parse_buddyinfo, parse_pagetypeinfo, parse_vmstat
-from thpcore.page_alloc import MIGRATETYPE_NAMES, recommended_min_free_kbytes, setup_per_zone_wmarks
-from thpcore.procfs import render_buddyinfo, render_pagetypeinfo
-from thpcore.sysfs import THP_ROOT
-from thpcore.vmstat import VMSTAT_NAMES
+from thpcore.mm.page_alloc import MIGRATETYPE_NAMES, recommended_min_free_kbytes, setup_per_zone_wmarks
+from thpcore.proc.procfs import render_buddyinfo, render_pagetypeinfo
+from thpcore.mm.sysfs import THP_ROOT
+from thpcore.mm.vmstat import VMSTAT_NAMES
 
 import numpy as np
 

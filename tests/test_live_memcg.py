@@ -52,7 +52,7 @@ def memcg():
 def _settled(measure, expected, attempts=5):
     """vmstat is machine-wide (another process's MADV_FREE batch draining, a THP fault or a
     collapse elsewhere lands in the deltas): measure again before calling it a difference,
-    as thpcore.fidelity does. A real difference shows in every attempt."""
+    as thpcore.cli.fidelity does. A real difference shows in every attempt."""
     for _ in range(attempts):
         got = measure()
         if got == expected:

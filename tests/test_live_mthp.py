@@ -14,7 +14,7 @@ import pytest
 
 import thpcore
 from thpcore import MADV_COLLAPSE, MADV_DONTNEED, MADV_HUGEPAGE, MADV_PAGEOUT, live
-from thpcore import task_mmu
+from thpcore.proc import task_mmu
 
 KB, MB, P = 1024, 1 << 20, 4096
 SIZES = (16, 64)

@@ -187,7 +187,7 @@ def test_partially_mapped_thps_are_split_by_reclaim():
         p.madvise(a + i * HP, HP // 2, MADV_DONTNEED)   # half of each THP unmapped
     assert m.vmstat["thp_deferred_split_page"] == 4
     free = m.page_alloc.zone.nr_free_pages
-    from thpcore.vmscan import shrink_node
+    from thpcore.mm.vmscan import shrink_node
     freed = shrink_node(m, 10_000)
     assert freed == 4 * 256 and m.page_alloc.zone.nr_free_pages == free + 4 * 256
     assert m.vmstat["thp_split_page"] == 4

@@ -1,4 +1,4 @@
-"""mremap beyond the live fidelity scenarios (thpcore.fidelity runs those against the kernel):
+"""mremap beyond the live fidelity scenarios (thpcore.cli.fidelity runs those against the kernel):
 invariants, contents, and the page-table pool growing in the middle of a move."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 import thpcore
 from thpcore import MADV_HUGEPAGE, MREMAP_FIXED, MREMAP_MAYMOVE
-from thpcore.workloads import make
+from thpcore.lab.workloads import make
 
 MB, HP, PAGE = 1 << 20, 2 << 20, 4096
 
@@ -68,7 +68,7 @@ def test_mremap_argument_types_and_state_on_error():
 def test_example_realloc_scenario_shows_the_alignment_effect():
     from pathlib import Path
 
-    from thpcore.scenario import parse_scenario, run_variant
+    from thpcore.lab.scenario import parse_scenario, run_variant
     text = (Path(__file__).parent.parent / "examples" / "realloc-alignment.toml").read_text()
     res = run_variant(parse_scenario(text), "khugepaged")
     last = {row["process"]: row for row in res.timeline if row["time_s"] == 30.0}

@@ -9,7 +9,7 @@ import pytest
 
 import thpcore
 from thpcore import MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_PAGEOUT
-from thpcore.huge_memory import deferred_split_scan, folio_heads
+from thpcore.mm.huge_memory import deferred_split_scan, folio_heads
 
 KB, MB, P = 1024, 1 << 20, 4096
 T = "/sys/kernel/mm/transparent_hugepage"
@@ -28,7 +28,7 @@ def _stat(m, kb, name):
 
 def _orders(m, p, addr, n):
     """The folio order of each present page of [addr, addr + n pages), -1 where none."""
-    from thpcore import task_mmu
+    from thpcore.proc import task_mmu
     pm = task_mmu.pagemap(m, p.mm, addr, addr + n * P)
     out = np.full(n, -1)
     present = (pm >> np.uint64(63)) == 1
@@ -232,7 +232,7 @@ def test_bad_folio_arguments_are_refused_without_damage():
 
 
 def test_thpmaps_reports_mthp_folios_by_size_and_partial_ones():
-    from thpcore import thpmaps
+    from thpcore.cli import thpmaps
     m = _machine(_64="always")
     p = m.spawn()
     a = _aligned(p)

@@ -7,7 +7,7 @@ import pytest
 
 import thpcore
 from thpcore import _engine
-from thpcore.page_alloc import (MIGRATE_MOVABLE, MIGRATE_UNMOVABLE, calculate_min_free_kbytes,
+from thpcore.mm.page_alloc import (MIGRATE_MOVABLE, MIGRATE_UNMOVABLE, calculate_min_free_kbytes,
                                 fragmentation_index, recommended_min_free_kbytes,
                                 setup_per_zone_wmarks)
 

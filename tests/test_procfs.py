@@ -2,8 +2,8 @@
 
 import thpcore
 from thpcore import parse_buddyinfo, parse_pagetypeinfo, parse_vmstat
-from thpcore.procfs import render_pagetypeinfo
-from thpcore.vmstat import VMSTAT_NAMES
+from thpcore.proc.procfs import render_pagetypeinfo
+from thpcore.mm.vmstat import VMSTAT_NAMES
 
 import numpy as np
 
@@ -85,7 +85,7 @@ def test_state_hash_is_deterministic_and_sensitive():
 
 
 def test_meminfo():
-    from thpcore.procfs import parse_meminfo
+    from thpcore.proc.procfs import parse_meminfo
     m = thpcore.Machine("1G", swap="64M")
     p = m.spawn()
     a = p.mmap(4 << 20)
@@ -102,7 +102,7 @@ def test_meminfo():
 
 
 def test_smaps_parser_reads_simulated_text():
-    from thpcore.procfs import parse_smaps
+    from thpcore.proc.procfs import parse_smaps
     m = thpcore.Machine("1G")
     p = m.spawn()
     a = p.mmap(4 << 20)

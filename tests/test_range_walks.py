@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 import thpcore
 from thpcore import (MADV_COLLAPSE, MADV_DONTNEED, MADV_HUGEPAGE, MADV_PAGEOUT, PROT_READ,
-                     PROT_WRITE, _engine, memory)
+                     PROT_WRITE, _engine)
+from thpcore.mm import memory
 
 PAGE = 4096
 HP = 2 << 20

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import thpcore
 from thpcore import (MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_HUGEPAGE, MADV_PAGEOUT,
                      _engine)
-from thpcore import khugepaged as sim
+from thpcore.mm import khugepaged as sim
 from thpcore.reference import khugepaged as ref
 from thpcore.reference.khugepaged import (CollapseControl, Frames, ScanResult, SwapDevice,
                                           collapse_huge_page, hpage_collapse_scan_pmd)
@@ -212,7 +212,7 @@ def test_encodings_match_the_engine():
         (_engine.PY_PMD_KIND_TABLE, _engine.PY_PMD_KIND_HUGE, _engine.PY_PMD_KIND_HUGE_ZERO)
     assert (ref.PG_HEAD, ref.PG_TAIL, ref.PG_LRU) == (_engine.PY_PG_HEAD, _engine.PY_PG_TAIL,
                                                       _engine.PY_PG_LRU)
-    from thpcore.mm import PMD_DIRTY, PMD_WRITE, PMD_YOUNG, make_huge_pmd
+    from thpcore.mm.mm_types import PMD_DIRTY, PMD_WRITE, PMD_YOUNG, make_huge_pmd
     assert (ref.PMD_YOUNG, ref.PMD_DIRTY, ref.PMD_WRITE) == (PMD_YOUNG, PMD_DIRTY, PMD_WRITE)
     assert ref.mk_huge_pmd(1024, 7, True, True, True) == make_huge_pmd(1024, 7, 0x1C)
 

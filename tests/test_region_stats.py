@@ -9,7 +9,7 @@ import pytest
 import thpcore
 from thpcore import MADV_HUGEPAGE, MADV_PAGEOUT
 from thpcore._engine import scan_pagemap
-from thpcore.task_mmu import region_stats
+from thpcore.proc.task_mmu import region_stats
 
 HP = 2 << 20
 

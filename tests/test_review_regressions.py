@@ -7,8 +7,8 @@ import pytest
 
 import thpcore
 from thpcore import constants as C
-from thpcore.huge_memory import deferred_split_scan
-from thpcore.vmscan import try_to_free_pages
+from thpcore.mm.huge_memory import deferred_split_scan
+from thpcore.mm.vmscan import try_to_free_pages
 
 MB, HP, PAGE = 1 << 20, 2 << 20, 4096
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import thpcore
-from thpcore.madvise import MADV_GUARD_INSTALL, MADV_GUARD_REMOVE
+from thpcore.mm.madvise import MADV_GUARD_INSTALL, MADV_GUARD_REMOVE
 from thpcore import (MADV_POPULATE_READ, MADV_POPULATE_WRITE, MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE,
                      MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE,
                      MADV_PAGEOUT, PROT_NONE, PROT_READ, PROT_WRITE, SegmentationFault)
@@ -248,7 +248,7 @@ class ProcessMachine(RuleBasedStateMachine):
 
     @rule(want=st.sampled_from([32, 512, 4096]))
     def reclaim(self, want):
-        from thpcore.vmscan import shrink_node
+        from thpcore.mm.vmscan import shrink_node
         shrink_node(self.m, want)                    # shrinker + CLOCK; contents must survive
 
     @rule()

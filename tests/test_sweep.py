@@ -2,9 +2,9 @@ import csv
 
 import pytest
 
-from thpcore.cli import main
-from thpcore.sweep import Sweep, apply_parameter, run_sweep
-from thpcore.scenario import parse_scenario
+from thpcore.cli.main import main
+from thpcore.lab.sweep import Sweep, apply_parameter, run_sweep
+from thpcore.lab.scenario import parse_scenario
 
 from test_cli import SMALL
 
@@ -110,7 +110,7 @@ def test_example_sweep_runs(tmp_path):
     import csv
     from pathlib import Path
 
-    from thpcore.sweep import Sweep, run_sweep
+    from thpcore.lab.sweep import Sweep, run_sweep
     path = Path(__file__).parent.parent / "examples" / "realloc-sweep.toml"
     sw = Sweep(path.read_text(), path.parent)
     assert len(list(sw.jobs())) == 9

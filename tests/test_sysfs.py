@@ -6,7 +6,7 @@ import errno
 import pytest
 
 import thpcore
-from thpcore.sysfs import THP_ROOT
+from thpcore.mm.sysfs import THP_ROOT
 
 from conftest import unchanged
 

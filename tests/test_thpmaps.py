@@ -1,4 +1,4 @@
-"""thpcore.thpmaps (the kernel's tools/mm/thpmaps as a library): simulated processes, synthetic
+"""thpcore.cli.thpmaps (the kernel's tools/mm/thpmaps as a library): simulated processes, synthetic
 page layouts checked against an independent page-by-page model of the script's rules, the
 output format, and a live child process checked against its own /proc/PID/smaps."""
 
@@ -12,8 +12,8 @@ import pytest
 
 import thpcore
 from thpcore import (MADV_DONTNEED, MADV_HUGEPAGE, PROT_READ, PROT_WRITE)
-from thpcore import thpmaps as T
-from thpcore.huge_memory import deferred_split_scan
+from thpcore.cli import thpmaps as T
+from thpcore.mm.huge_memory import deferred_split_scan
 
 HP = 2 << 20
 PAGE = 4096
@@ -143,7 +143,7 @@ def test_huge_zero_pmd_is_a_file_thp():
 
 
 def test_sim_kpageflags_agree_with_task_mmu():
-    from thpcore.task_mmu import kpageflags, pagemap
+    from thpcore.proc.task_mmu import kpageflags, pagemap
     m, p, a = thp_process(2)
     b = p.mmap(HP)
     p.write(b, 64 * PAGE)                                   # order-0 pages
@@ -259,7 +259,7 @@ def test_main_rejects_bad_cont(capsys):
 
 @needs_thp_sysfs
 def test_module_prints_the_scripts_error():
-    r = subprocess.run([sys.executable, "-m", "thpcore.thpmaps", "--cont", "3K"],
+    r = subprocess.run([sys.executable, "-m", "thpcore.cli.thpmaps", "--cont", "3K"],
                        capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert r.returncode == 1

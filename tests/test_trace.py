@@ -1,8 +1,8 @@
 import pytest
 
-from thpcore.cli import main
-from thpcore.scenario import parse_scenario, run_variant
-from thpcore.trace import parse_trace, replay
+from thpcore.cli.main import main
+from thpcore.lab.scenario import parse_scenario, run_variant
+from thpcore.lab.trace import parse_trace, replay
 
 from test_cli import SMALL
 
@@ -85,7 +85,7 @@ def test_run_writes_traces(tmp_path):
 def test_mremap_records_and_replays(tmp_path):
     import thpcore
     from thpcore import MADV_HUGEPAGE, MREMAP_FIXED, MREMAP_MAYMOVE
-    from thpcore.trace import TraceWriter
+    from thpcore.lab.trace import TraceWriter
     path = tmp_path / "m.trace"
     m = thpcore.Machine("1G", seed=2)
     with open(path, "w") as f:

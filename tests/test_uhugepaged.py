@@ -8,7 +8,7 @@ import pytest
 import thpcore
 from thpcore import MADV_HUGEPAGE
 from thpcore._engine import tlb_simulate
-from thpcore.uhugepaged import (CoveragePolicy, KhugepagedPolicy, PriorityPolicy, SimHost, UtilizationPolicy,
+from thpcore.policy.uhugepaged import (CoveragePolicy, KhugepagedPolicy, PriorityPolicy, SimHost, UtilizationPolicy,
                                 load_policy, main, run)
 
 MB, HP = 1 << 20, 2 << 20
@@ -94,7 +94,7 @@ def test_khugepaged_policy_collapses_what_khugepaged_collapses():
 
 def test_user_defined_policy_from_a_file(tmp_path):
     f = tmp_path / "mine.py"
-    f.write_text("from thpcore.uhugepaged import Policy, Action\n"
+    f.write_text("from thpcore.policy.uhugepaged import Policy, Action\n"
                  "class Biggest(Policy):\n"
                  "    name = 'biggest'\n"
                  "    def decide(self, obs):\n"

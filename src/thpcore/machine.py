@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import _engine
-from .page_alloc import PageAllocator
-from .procfs import Procfs
-from .sysctl import Sysctl
-from .sysfs import Sysfs, ThpSettings
-from .units import PAGE_SIZE, format_size, parse_size
-from .vmstat import Vmstat
+from thpcore import _engine
+from thpcore.mm.page_alloc import PageAllocator
+from thpcore.proc.procfs import Procfs
+from thpcore.mm.sysctl import Sysctl
+from thpcore.mm.sysfs import Sysfs, ThpSettings
+from thpcore.units import PAGE_SIZE, format_size, parse_size
+from thpcore.mm.vmstat import Vmstat
 
 if TYPE_CHECKING:
-    from .process import Process
+    from thpcore.process import Process
 
 KERNELS = ("6.18", "rfc-2022")
 MIN_MEMORY = 16 << 20               # below this the kernel disables mobility grouping
@@ -109,7 +109,7 @@ class Machine:
         if transparent_hugepage not in ("always", "madvise", "never"):
             raise ValueError("transparent_hugepage must be 'always', 'madvise' or 'never'")
 
-        from .costs import Accounting, CostModel
+        from thpcore.costs import Accounting, CostModel
         self.costs = CostModel.load(costs)
         self.accounting = Accounting()
         self.actor = None                 # who pays for the work being done right now
@@ -151,9 +151,9 @@ class Machine:
         self._write_generation = 0
         self.events: dict[str, int] = dict.fromkeys(EVENTS, 0)
         self._collapse_events = CollapseEventLog()
-        from .compaction import Compaction
-        from .khugepaged import Khugepaged
-        from .memcontrol import CgroupTree
+        from thpcore.mm.compaction import Compaction
+        from thpcore.mm.khugepaged import Khugepaged
+        from thpcore.mm.memcontrol import CgroupTree
         self.cgroups = CgroupTree(self)
         self.sysfs.cgroups = self.cgroups
         self.kswapd_wake_pending = False
@@ -241,7 +241,7 @@ class Machine:
         """The collapse scans so far (the most recent CollapseEventLog.LIMIT of them, so hours
         of khugepaged on a 1 TiB host stay in bounded memory) as a structured array (see
         khugepaged.EVENT_DTYPE)."""
-        from .khugepaged import EVENT_DTYPE
+        from thpcore.mm.khugepaged import EVENT_DTYPE
         parts = [e if isinstance(e, np.ndarray) else np.array([e], dtype=EVENT_DTYPE)
                  for e in self._collapse_events]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=EVENT_DTYPE)
@@ -306,7 +306,7 @@ class Machine:
     def spawn(self, name: str = "task", uid: int = 0, caps=None, cgroup: str = "") -> "Process":
         """A new process with an empty mm; uid 0 with every capability unless told otherwise;
         charged to `cgroup` (a path created with m.cgroups.create, "" for the root)."""
-        from .process import CAPABILITIES, Process
+        from thpcore.process import CAPABILITIES, Process
         memcg = self.cgroups.get(cgroup) if cgroup else self.cgroups.root
         if not isinstance(name, str):
             raise TypeError("name must be a str")
@@ -339,7 +339,7 @@ class Machine:
 
     def populate(self, mm, vma, start: int, end: int, write: bool) -> None:
         """MAP_POPULATE / MADV_POPULATE_*: fault the range without storing data."""
-        from .memory import handle_mm_fault_range
+        from thpcore.mm.memory import handle_mm_fault_range
         handle_mm_fault_range(self, mm, vma, start, end, write, _engine.PY_VALUE_KEEP, 0, None)
 
     # ---- reclaim and OOM -----------------------------------------------------------------------
@@ -369,7 +369,7 @@ class Machine:
         self.kswapd_wake_pending = True
 
     def run_kswapd(self) -> None:
-        from .vmscan import balance_pgdat
+        from thpcore.mm.vmscan import balance_pgdat
         self.kswapd_wake_pending = False
         balance_pgdat(self)
 
@@ -414,8 +414,8 @@ class Machine:
             if region is not None:
                 self.mthp_regions.setdefault(head, region)
             return self._split_mthp(head, order)
-        from .huge_memory import split_huge_pmd
-        from .mm import PMD_KIND_HUGE, pmd_huge_pfn, pmd_kind
+        from thpcore.mm.huge_memory import split_huge_pmd
+        from thpcore.mm.mm_types import PMD_KIND_HUGE, pmd_huge_pfn, pmd_kind
         zone = self.page_alloc.zone
         regions = set(self.thp_moved.get(head, ()))
         if head in self.thp_index:
@@ -441,8 +441,8 @@ class Machine:
         """remap_page(RMP_USE_SHARED_ZEROPAGE) in one mm's PTE table at region: subpages of
         the folio [head, head + nr) whose content is all zero map the zero page instead (not
         in VM_LOCKED VMAs)."""
-        from .mm import PMD_KIND_TABLE, pmd_kind, pmd_table_id
-        from .vma import VM_LOCKED
+        from thpcore.mm.mm_types import PMD_KIND_TABLE, pmd_kind, pmd_table_id
+        from thpcore.mm.vma import VM_LOCKED
         entry = mm.get_pmd(region)
         if pmd_kind(entry) != PMD_KIND_TABLE:
             return
@@ -518,7 +518,7 @@ class Machine:
         if rc:
             where = f" at pfn {zone.check_pfn}" if zone.check_pfn >= 0 else ""
             raise InvariantError(f"{_engine.CHECK_MESSAGES[rc]}{where} (code {rc})")
-        from .mm import PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, pmd_huge_pfn, pmd_kind, pmd_table_id
+        from thpcore.mm.mm_types import PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, pmd_huge_pfn, pmd_kind, pmd_table_id
         tables, heads, pmd_counts = [], [], {}
         for p in self._processes.values():
             mm = p.mm
@@ -576,7 +576,7 @@ class Machine:
         h.update(np.ascontiguousarray(zone.lazyfree_bits()).tobytes())
         for mt in range(5):
             h.update(np.asarray(zone.free_list(mt, 0)[:64], dtype=np.int64).tobytes())
-        from .mm import PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, pmd_kind, pmd_table_id
+        from thpcore.mm.mm_types import PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, pmd_kind, pmd_table_id
         procs = []
         for p in self._processes.values():
             mm = p.mm
@@ -612,7 +612,7 @@ class Machine:
     @classmethod
     def from_snapshot(cls, path, memory=None, swap=None, seed: int = 0) -> "Machine":
         """Rebuild a process captured with `thpcore snapshot PID -o path` (see snapshot.py)."""
-        from .snapshot import rebuild
+        from thpcore.snapshot import rebuild
         with np.load(path) as snap:
             return rebuild({k: snap[k] for k in snap.files}, memory, swap, seed)
 

@@ -7,18 +7,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import _engine
-from .constants import (MAP_ANONYMOUS, MAP_POPULATE, MAP_PRIVATE, PR_GET_THP_DISABLE,
+from thpcore import _engine
+from thpcore.constants import (MAP_ANONYMOUS, MAP_POPULATE, MAP_PRIVATE, PR_GET_THP_DISABLE,
                         PR_SET_THP_DISABLE, PR_THP_DISABLE_EXCEPT_ADVISED, PROT_READ, PROT_WRITE)
-from .madvise import do_madvise
-from .memory import handle_mm_fault_range, zap_page_range, free_pgtables
-from .mm import MM
-from .mmap import do_mmap, do_munmap, do_mprotect
-from .vma import PAGE_SIZE, TASK_SIZE, VM_LOCKED, VM_READ, VM_WRITE
+from thpcore.mm.madvise import do_madvise
+from thpcore.mm.memory import handle_mm_fault_range, zap_page_range, free_pgtables
+from thpcore.mm.mm_types import MM
+from thpcore.mm.mmap import do_mmap, do_munmap, do_mprotect
+from thpcore.mm.vma import PAGE_SIZE, TASK_SIZE, VM_LOCKED, VM_READ, VM_WRITE
 
 if TYPE_CHECKING:
-    from .memcontrol import MemCgroup
-    from .machine import Machine
+    from thpcore.mm.memcontrol import MemCgroup
+    from thpcore.machine import Machine
 
 CAPABILITIES = frozenset({
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
@@ -121,7 +121,7 @@ class Process:
                new_address: int = 0) -> int:
         """mremap(2) of private anonymous memory; returns the address the mapping now has.
         Raises OSError with the kernel's errno (EINVAL, EFAULT, ENOMEM)."""
-        from .mremap import do_mremap
+        from thpcore.mm.mremap import do_mremap
         return do_mremap(self.machine, self._live(), _int(old_address, "old_address"),
                          _int(old_size, "old_size"), _int(new_size, "new_size"),
                          _int(flags, "flags"), _int(new_address, "new_address"))
@@ -219,7 +219,7 @@ class Process:
     @_syscall
     def process_madvise(self, pidfd: int, iovecs, advice: int, flags: int = 0) -> int:
         """process_madvise(2): returns the bytes of the iovecs fully advised."""
-        from .khugepaged import process_madvise
+        from thpcore.mm.khugepaged import process_madvise
         return process_madvise(self, pidfd, iovecs, advice, flags)
 
     # ---- process control ---------------------------------------------------------------------
@@ -249,7 +249,7 @@ class Process:
     @_syscall
     def mlock(self, addr: int, length: int) -> None:
         """mlock(2): lock the VMAs of the range and populate them (write faults where writable)."""
-        from .madvise import _set_vma_flags
+        from thpcore.mm.madvise import _set_vma_flags
         mm, start, end = self._mlock_range(addr, length)
         for vma in mm.vmas.overlapping(start, end):
             _set_vma_flags(self.machine, mm, vma, max(start, vma.start), min(end, vma.end),
@@ -267,7 +267,7 @@ class Process:
 
     @_syscall
     def munlock(self, addr: int, length: int) -> None:
-        from .madvise import _set_vma_flags
+        from thpcore.mm.madvise import _set_vma_flags
         mm, start, end = self._mlock_range(addr, length)
         for vma in mm.vmas.overlapping(start, end):
             _set_vma_flags(self.machine, mm, vma, max(start, vma.start), min(end, vma.end),
@@ -319,21 +319,21 @@ class Process:
     # ---- views ---------------------------------------------------------------------------------
 
     def smaps(self) -> list[dict]:
-        from .task_mmu import smaps_entries
+        from thpcore.proc.task_mmu import smaps_entries
         return smaps_entries(self.machine, self._live())
 
     def smaps_rollup(self) -> dict[str, int]:
         """/proc/PID/smaps_rollup as a dict of kB (and THPeligible-free fields)."""
-        from .task_mmu import smaps_rollup
+        from thpcore.proc.task_mmu import smaps_rollup
         return smaps_rollup(self.machine, self._live())
 
 
 def dup_mm(machine: "Machine", parent: MM, child: MM) -> None:
     """dup_mmap() + copy_page_range() for private anonymous memory."""
-    from .mm import (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_WRITE, PMD_YOUNG, make_huge_pmd,
+    from thpcore.mm.mm_types import (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_WRITE, PMD_YOUNG, make_huge_pmd,
                      make_huge_zero_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind, pmd_table_id)
-    from .memory import OutOfMemory
-    from .vma import VM_DONTCOPY, VM_WIPEONFORK, VMA
+    from thpcore.mm.memory import OutOfMemory
+    from thpcore.mm.vma import VM_DONTCOPY, VM_WIPEONFORK, VMA
 
     pt = machine.page_tables
     child.has_guards = parent.has_guards           # copy_pte_range() copies guard markers

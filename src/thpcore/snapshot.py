@@ -17,7 +17,7 @@ import re
 
 import numpy as np
 
-from .procfs import parse_smaps
+from thpcore.proc.procfs import parse_smaps
 
 PM_PRESENT = np.uint64(1 << 63)
 PM_SWAP = np.uint64(1 << 62)
@@ -130,9 +130,9 @@ def _runs(mask: np.ndarray):
 
 def rebuild(snap, memory=None, swap=None, seed: int = 0):
     """A Machine with the snapshot's process rebuilt in it (see the module docstring)."""
-    from .constants import (MADV_COLLAPSE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_PAGEOUT,
+    from thpcore.constants import (MADV_COLLAPSE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_PAGEOUT,
                             MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_READ, PROT_WRITE)
-    from .machine import Machine
+    from thpcore.machine import Machine
     pm = snap["pagemap"]
     present = (pm & PM_PRESENT) != 0
     swapped = (pm & PM_SWAP) != 0

@@ -1,7 +1,7 @@
 """Pure-Python reference model of the Linux 6.18 anonymous collapse step (mm/khugepaged.c).
 
 This module is an *oracle*, like :mod:`thpcore.reference.page_alloc`: it is written for
-clarity, not speed, and property tests hold the simulator (``thpcore.khugepaged`` and the
+clarity, not speed, and property tests hold the simulator (``thpcore.mm.khugepaged`` and the
 Cython engine's ``PageTables.scan_pmd`` / ``scan_regions`` / ``collapse_run`` /
 ``collapse_copy``) against it.  Its control flow comes from ``mm/khugepaged.c`` (6.18) and
 ``folio_maybe_mapped_shared()`` (include/linux/mm.h); from the engine it takes only the state
@@ -721,7 +721,7 @@ def bench_collapse(n_regions: int = 256, rounds: int = 3, with_allocator: bool =
     for _ in range(rounds):
         zone = None
         if with_allocator:
-            from .page_alloc import ReferenceZone
+            from thpcore.reference.page_alloc import ReferenceZone
             zone = ReferenceZone(2 * n_regions * HPAGE_PMD_NR + 8 * HPAGE_PMD_NR)
         pmds, tables, frames = _populated_regions(n_regions, zone=zone)
         cc = CollapseControl(is_khugepaged=False)

@@ -1,0 +1,1 @@
+"""The command-line programs: thpcore, uhugepaged, thpmaps, fidelity, calibrate."""

@@ -1,0 +1,1 @@
+"""Scenarios, workloads, the runner, sweeps, reports, traces and benchmarks."""

@@ -1,0 +1,556 @@
+"""mm/khugepaged.c for anonymous memory: the collapse scan, collapse_huge_page(), the
+khugepaged thread in simulated time, and MADV_COLLAPSE."""
+
+from __future__ import annotations
+
+import enum
+import errno
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from thpcore import _engine
+from thpcore.mm.huge_memory import (HPAGE_PMD_NR, TVA, Gfp, alloc_thp, map_new_thp, thp_vma_allowable,
+                          vma_thp_gfp_mask)
+from thpcore.mm.mm_types import MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, pmd_kind, pmd_table_id
+from thpcore.mm.vma import PMD_SIZE, VM_WRITE, VMA
+
+if TYPE_CHECKING:
+    from thpcore.machine import Machine
+
+# enum scan_result, from the engine's own list (its codes are the same numbers): one source.
+ScanResult = enum.IntEnum(  # type: ignore[misc]
+    "ScanResult", {name: i for i, name in enumerate(_engine.SCAN_RESULTS)})
+
+# The "needs one writable PTE" rule (SCAN_PAGE_RO) is gone in 6.18: the live kernel collapses
+# a region right after fork(), or after mprotect(PROT_READ), and one holding only zero-page PTEs.
+REQUIRE_WRITABLE = False
+
+# madvise_collapse(): results after which the next region is still tried.
+CONTINUE_RESULTS = {
+    ScanResult.SCAN_PMD_NULL, ScanResult.SCAN_PTE_NON_PRESENT, ScanResult.SCAN_PTE_UFFD_WP,
+    ScanResult.SCAN_PAGE_RO, ScanResult.SCAN_LACK_REFERENCED_PAGE, ScanResult.SCAN_PAGE_NULL,
+    ScanResult.SCAN_PAGE_COUNT, ScanResult.SCAN_PAGE_LOCK, ScanResult.SCAN_PAGE_COMPOUND,
+    ScanResult.SCAN_PAGE_LRU, ScanResult.SCAN_DEL_PAGE_LRU,
+}
+
+
+def madvise_collapse_errno(result: ScanResult) -> int:
+    """madvise_collapse_errno() (6.2 - 6.18)."""
+    if result == ScanResult.SCAN_ALLOC_HUGE_PAGE_FAIL:
+        return errno.ENOMEM
+    if result in (ScanResult.SCAN_CGROUP_CHARGE_FAIL, ScanResult.SCAN_EXCEED_NONE_PTE):
+        return errno.EBUSY
+    if result in (ScanResult.SCAN_PAGE_COUNT, ScanResult.SCAN_PAGE_LOCK, ScanResult.SCAN_PAGE_LRU,
+                  ScanResult.SCAN_DEL_PAGE_LRU, ScanResult.SCAN_PAGE_FILLED):
+        return errno.EAGAIN
+    return errno.EINVAL
+
+
+def collapse_cost(machine: "Machine", present: int, none: int, swapped: int) -> int:
+    """A collapse: the measured cost of a full 2 MiB MADV_COLLAPSE, less the copies it did not
+    need (none/zero subpages are cleared instead), plus synchronous swap-ins."""
+    c = machine.costs
+    fixed = max(c.collapse_2m_ns - HPAGE_PMD_NR * c.copy_4k_ns, 0)
+    return fixed + present * c.copy_4k_ns + none * c.zero_4k_ns + swapped * c.swap_in_4k_ns
+
+
+def scan_cost(machine: "Machine") -> int:
+    return HPAGE_PMD_NR * machine.costs.pte_scan_ns
+
+
+class CollapseControl:
+    """struct collapse_control: who is collapsing, with which limits and which gfp."""
+
+    def __init__(self, is_khugepaged: bool, gfp: Gfp, limits: bool | None = None):
+        self.is_khugepaged = is_khugepaged
+        self.gfp = gfp
+        self.limits = is_khugepaged if limits is None else limits
+
+
+EVENT_DTYPE = np.dtype([("time_ns", "i8"), ("pid", "i4"), ("address", "u8"), ("context", "u1"),
+                        ("result", "u1"), ("none_or_zero", "i2"), ("unmapped", "i2"),
+                        ("shared", "i2"), ("referenced", "i2"), ("latency_ns", "i8")])
+CONTEXT_KHUGEPAGED, CONTEXT_MADV_COLLAPSE = 0, 1
+
+
+def hpage_collapse_scan_pmd(machine: "Machine", mm: MM, vma: VMA, region: int,
+                            cc: CollapseControl, pid: int) -> ScanResult:
+    """Scan one region and, if it qualifies, collapse it. Returns the final result."""
+    entry = mm.get_pmd(region)
+    kind = pmd_kind(entry)
+    counts = dict(none_or_zero=0, unmapped=0, shared=0, referenced=0)
+    if region >> 30 not in mm.pmd_dir:
+        result = ScanResult.SCAN_PMD_NULL          # no PMD table page: continue, not abort
+    elif entry == 0:
+        result = ScanResult.SCAN_PMD_NONE
+    elif kind in (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO):
+        # A huge zero PMD is not a THP mapping, but the kernel sees a huge PMD and stops alike.
+        result = ScanResult.SCAN_PMD_MAPPED
+    else:
+        t = machine.thp.khugepaged
+        lim = cc.limits
+        code, scan = machine.page_tables.scan_pmd(
+            pmd_table_id(entry), lim, t.max_ptes_none if lim else -1,
+            t.max_ptes_swap if lim else -1, t.max_ptes_shared if lim else -1, REQUIRE_WRITABLE)
+        if not cc.is_khugepaged and code == ScanResult.SCAN_LACK_REFERENCED_PAGE:
+            code = ScanResult.SCAN_SUCCEED           # the referenced rule is khugepaged's only
+        result = ScanResult(code)
+        counts = {k: scan[k] for k in counts}
+        if result == ScanResult.SCAN_EXCEED_NONE_PTE:
+            machine.count("thp_scan_exceed_none_pte")
+        elif result == ScanResult.SCAN_EXCEED_SWAP_PTE:
+            machine.count("thp_scan_exceed_swap_pte")
+        elif result == ScanResult.SCAN_EXCEED_SHARED_PTE:
+            machine.count("thp_scan_exceed_share_pte")
+        latency = scan_cost(machine)
+        if result == ScanResult.SCAN_SUCCEED:
+            result = collapse_huge_page(machine, mm, vma, region, cc, counts["unmapped"])
+            present = HPAGE_PMD_NR - counts["none_or_zero"] - counts["unmapped"]
+            latency = collapse_cost(machine, present, counts["none_or_zero"], counts["unmapped"])
+            machine.charge(latency, "collapse")
+        else:
+            machine.charge(latency)
+        counts["latency_ns"] = latency
+    machine.record_collapse_event(pid, region, CONTEXT_KHUGEPAGED if cc.is_khugepaged
+                                  else CONTEXT_MADV_COLLAPSE, int(result), counts)
+    return result
+
+
+def collapse_huge_page(machine: "Machine", mm: MM, vma: VMA, region: int, cc: CollapseControl,
+                       unmapped: int) -> ScanResult:
+    """Allocate a THP, swap in, copy every subpage, free the old pages, install the PMD."""
+    head = alloc_thp(machine, cc.gfp, mm.memcg.id)
+    if head < 0:
+        machine.count("thp_collapse_alloc_failed")
+        return ScanResult.SCAN_ALLOC_HUGE_PAGE_FAIL
+    machine.count("thp_collapse_alloc")
+    from thpcore.mm.memory import charge_thp
+    if not charge_thp(machine, mm, head, cc.gfp):
+        return ScanResult.SCAN_CGROUP_CHARGE_FAIL
+    mm.memcg.stat_events["thp_collapse_alloc"] += 1
+    pt = machine.page_tables
+    tid = pmd_table_id(mm.get_pmd(region))
+    table = pt.table(tid)
+    # Guard markers are swap-type entries too; faulting one in fails (SCAN_FAIL).
+    swap = np.nonzero(((table & 0xF) == 2) | (table == _engine.PY_PTE_GUARD))[0]
+    if unmapped:
+        # __collapse_huge_page_swapin(): fault every swap entry back in (as reads), including
+        # any that reclaim made while the THP was being allocated.
+        pt.reset_stats()
+        failed = False
+        for i in swap:
+            if pt.fault(tid, int(i), int(i) + 1, False, bool(vma.flags & VM_WRITE),
+                        (region >> 12) + int(i), 0, 0, None, mm.memcg.id) != 0:
+                failed = True
+                break
+        st = pt.get_stats()
+        mm.anon_rss += st["anon_allocated"]
+        mm.swap_ents -= st["swapped_in"]
+        if failed:
+            machine.page_alloc.zone.free(head, 9)
+            return ScanResult.SCAN_FAIL
+    elif swap.size:
+        # Reclaim during the allocation swapped pages of this very region out:
+        # __collapse_huge_page_isolate() finds a non-present PTE.
+        machine.page_alloc.zone.free(head, 9)
+        return ScanResult.SCAN_PTE_NON_PRESENT
+    pt.reset_stats()
+    released = pt.collapse_copy(tid, head)
+    for h in pt.partial_heads():
+        machine.folio_partially_mapped(int(h))
+    mm.anon_rss -= released
+    # Dirty, writable if VM_WRITE, and young: on x86 vm_page_prot carries _PAGE_ACCESSED.
+    map_new_thp(machine, mm, vma, region, head, tid)
+    return ScanResult.SCAN_SUCCEED
+
+
+def madvise_collapse(machine: "Machine", mm: MM, vma: VMA, start: int, end: int,
+                     cc: CollapseControl, pid: int) -> None:
+    """madvise_collapse() for one VMA's part [start, end); raises OSError on failure."""
+    if not thp_vma_allowable(machine, mm, vma, TVA.FORCED_COLLAPSE):
+        raise OSError(errno.EINVAL, "Invalid argument: VMA not eligible for collapse")
+    if hasattr(cc, "for_vma"):
+        cc = cc.for_vma(vma)
+    hstart = (start + PMD_SIZE - 1) & ~(PMD_SIZE - 1)
+    hend = end & ~(PMD_SIZE - 1)
+    if hend < hstart:
+        raise OSError(errno.EINVAL, "Invalid argument: no whole 2 MiB region in range")
+    thps = 0
+    last_fail = ScanResult.SCAN_FAIL
+    region = hstart
+    while region < hend:
+        if cc.limits or machine.cgroups.margin(mm.memcg) is not None:
+            # The RFC's limited collapse, or a memcg with a limit: one region at a time.
+            results = [hpage_collapse_scan_pmd(machine, mm, vma, region, cc, pid)]
+            step = PMD_SIZE
+        else:
+            results, step = _collapse_batch(machine, mm, vma, region, hend, cc, pid)
+        stop = False
+        for result in results:
+            if result in (ScanResult.SCAN_SUCCEED, ScanResult.SCAN_PMD_MAPPED):
+                thps += 1
+                continue
+            last_fail = result
+            if result not in CONTINUE_RESULTS:
+                stop = True
+                break
+        if stop:
+            break
+        region += step
+    if thps != (hend - hstart) // PMD_SIZE:
+        raise OSError(madvise_collapse_errno(last_fail),
+                      f"MADV_COLLAPSE failed: {last_fail.name}")
+
+
+def _collapse_batch(machine: "Machine", mm: MM, vma: VMA, start: int, hend: int,
+                    cc: CollapseControl, pid: int) -> tuple[list[ScanResult], int]:
+    """Up to 256 regions of MADV_COLLAPSE in one engine call (collapse_run); a region that
+    needs swap-in goes through the Python path. Returns the results and the bytes covered."""
+    n = min((hend - start) // PMD_SIZE, 256)
+    missing = np.zeros(n, dtype=bool)
+    entries = mm.pmd_entries(start, start + n * PMD_SIZE, missing)
+    kinds = entries & np.uint64(3)
+    tids = (entries >> np.uint64(32)).astype(np.int64)
+    tids[kinds != PMD_KIND_TABLE] = -1
+    codes = np.where(entries == 0, int(ScanResult.SCAN_PMD_NONE),
+                     int(ScanResult.SCAN_PMD_MAPPED)).astype(np.uint8)
+    codes[missing] = int(ScanResult.SCAN_PMD_NULL)
+    counts = np.zeros((n, 4), dtype=np.int16)
+    heads = np.zeros(n, dtype=np.uint32)
+    pt = machine.page_tables
+    pt.reset_stats()
+    fast = _engine.PY_ALLOC_WMARK_LOW | _engine.PY_ALLOC_NOFRAGMENT | cc.gfp.alloc_flags()
+    slow = _engine.PY_ALLOC_WMARK_MIN | cc.gfp.alloc_flags()
+    done = pt.collapse_run(tids, codes, counts, heads, fast, slow, mm.memcg.id,
+                           cc.gfp.direct_reclaim)
+    handled = codes[:done]
+    made = np.nonzero((handled == ScanResult.SCAN_SUCCEED) & (tids[:done] >= 0))[0]
+    latency = np.where(tids[:done] >= 0, scan_cost(machine), 0).astype(np.int64)
+    for i in made:
+        latency[i] = collapse_cost(machine, int(counts[i, 3]), int(counts[i, 0]), 0)
+        machine.charge(int(latency[i]), "collapse")
+    machine.charge(scan_cost(machine), None, int(((tids[:done] >= 0) & (handled != ScanResult.SCAN_SUCCEED)).sum()))
+    for i in made:
+        region = start + int(i) * PMD_SIZE
+        mm.anon_rss -= int(counts[i, 3])              # the released 4 KiB pages
+        map_new_thp(machine, mm, vma, region, int(heads[i]), int(tids[i]))
+    if made.size:
+        machine.count("thp_collapse_alloc", int(made.size))
+        mm.memcg.stat_events["thp_collapse_alloc"] += int(made.size)
+    failed = int((handled == ScanResult.SCAN_ALLOC_HUGE_PAGE_FAIL).sum())
+    if failed:
+        machine.count("thp_collapse_alloc_failed", failed)
+    for h in pt.partial_heads():
+        machine.folio_partially_mapped(int(h))
+    ev = np.zeros(done, dtype=EVENT_DTYPE)
+    ev["time_ns"], ev["pid"], ev["context"] = machine.clock_ns, pid, CONTEXT_MADV_COLLAPSE
+    ev["address"] = start + np.arange(done, dtype=np.uint64) * np.uint64(PMD_SIZE)
+    ev["result"] = handled
+    ev["none_or_zero"], ev["unmapped"], ev["shared"] = counts[:done, 0], counts[:done, 1], counts[:done, 2]
+    ev["latency_ns"] = latency
+    machine._collapse_events.append(ev)
+    results = [ScanResult(int(c)) for c in handled]
+    covered = done * PMD_SIZE
+    if done < n and codes[done] in (254, 255):         # swap-in or direct compaction: Python path
+        region = start + done * PMD_SIZE
+        results.append(hpage_collapse_scan_pmd(machine, mm, vma, region, cc, pid))
+        covered += PMD_SIZE
+    return results, covered
+
+
+class Khugepaged:
+    """The khugepaged thread, in simulated time."""
+
+    def __init__(self, machine: "Machine"):
+        self.m = machine
+        self.cursor_mm: MM | None = None
+        self.cursor_address = 0
+        self.next_wakeup_ns = 0
+        self.exiting: set[int] = set()
+
+    # ---- list maintenance --------------------------------------------------------------------
+
+    def mm_exit(self, mm: MM) -> None:
+        """__khugepaged_exit(): drop the slot, lazily if the scan cursor is on it."""
+        if mm is self.cursor_mm:
+            self.exiting.add(id(mm))
+        else:
+            self.m.khugepaged_mm_list.remove(mm)
+
+    def has_work(self) -> bool:
+        return bool(self.m.khugepaged_mm_list) and self.m.thp.pmd_enabled()
+
+    def wake(self) -> None:
+        """A write to scan_sleep_millisecs / alloc_sleep_millisecs wakes the thread now."""
+        self.next_wakeup_ns = min(self.next_wakeup_ns, self.m.clock_ns)
+
+    # ---- scanning ---------------------------------------------------------------------------------
+
+    def _mm_pid(self, mm: MM) -> int:
+        for p in self.m._processes.values():
+            if p.mm is mm:
+                return p.pid
+        return 0
+
+    def _advance(self) -> None:
+        lst = self.m.khugepaged_mm_list
+        i = lst.index(self.cursor_mm)
+        old = self.cursor_mm
+        if i + 1 < len(lst):
+            self.cursor_mm, self.cursor_address = lst[i + 1], 0
+        else:
+            self.cursor_mm = None
+            self.m.thp.khugepaged._set_counter("full_scans",
+                                               self.m.thp.khugepaged.full_scans + 1)
+        if id(old) in self.exiting:
+            self.exiting.discard(id(old))
+            lst.remove(old)
+
+    def scan_mm_slot(self, pages: int) -> tuple[int, ScanResult]:
+        m = self.m
+        lst = m.khugepaged_mm_list
+        if self.cursor_mm is None:
+            self.cursor_mm, self.cursor_address = lst[0], 0
+        mm = self.cursor_mm
+        progress = 1
+        result = ScanResult.SCAN_SUCCEED
+        if id(mm) in self.exiting or (mm.thp_disable and not mm.thp_disable - 1):
+            self._advance()
+            return progress, result
+        pid = self._mm_pid(mm)
+        cc = CollapseControl(True, Gfp(direct_reclaim=bool(m.thp.khugepaged.defrag),
+                                       kswapd=False))
+        for vma in list(mm.vmas):
+            if vma.end <= self.cursor_address:
+                continue
+            if not thp_vma_allowable(m, mm, vma, TVA.KHUGEPAGED):
+                progress += 1
+                continue
+            hstart = (vma.start + PMD_SIZE - 1) & ~(PMD_SIZE - 1)
+            hend = vma.end & ~(PMD_SIZE - 1)
+            if self.cursor_address > hend:
+                progress += 1
+                continue
+            self.cursor_address = max(self.cursor_address, hstart)
+            while self.cursor_address < hend:
+                # Scan as many regions as the budget allows in one engine call; it stops at the
+                # first region that qualifies, where collapse_huge_page() drops the lock.
+                budget = max(1, -(-(pages - progress) // HPAGE_PMD_NR))
+                n = min((hend - self.cursor_address) // PMD_SIZE, budget)
+                done, result = self._scan_batch(mm, vma, pid, cc, self.cursor_address, n)
+                self.cursor_address += done * PMD_SIZE
+                progress += done * HPAGE_PMD_NR
+                if _lock_dropped(result):
+                    return progress, result          # the cursor stays on this mm
+                if progress >= pages:
+                    return progress, result
+            # the VMA may have been replaced by a collapse-free walk; continue with the next
+        self._advance()
+        return progress, result
+
+    def _scan_batch(self, mm: MM, vma: VMA, pid: int, cc: CollapseControl, start: int,
+                    n: int) -> tuple[int, ScanResult]:
+        m = self.m
+        t = m.thp.khugepaged
+        missing = np.zeros(n, dtype=bool)
+        entries = mm.pmd_entries(start, start + n * PMD_SIZE, missing)
+        kinds = entries & np.uint64(3)
+        tids = np.where(kinds == PMD_KIND_TABLE, entries >> np.uint64(32), 0).astype(np.int64)
+        tids[kinds != PMD_KIND_TABLE] = -1
+        codes = np.where(entries == 0, int(ScanResult.SCAN_PMD_NONE),
+                         int(ScanResult.SCAN_PMD_MAPPED)).astype(np.uint8)
+        codes[missing] = int(ScanResult.SCAN_PMD_NULL)
+        counts = np.zeros((n, 4), dtype=np.int16)
+        done = m.page_tables.scan_regions(tids, codes, counts, True, t.max_ptes_none,
+                                          t.max_ptes_swap, t.max_ptes_shared, REQUIRE_WRITABLE)
+        codes, counts = codes[:done], counts[:done]
+        for code, event in ((ScanResult.SCAN_EXCEED_NONE_PTE, "thp_scan_exceed_none_pte"),
+                            (ScanResult.SCAN_EXCEED_SWAP_PTE, "thp_scan_exceed_swap_pte"),
+                            (ScanResult.SCAN_EXCEED_SHARED_PTE, "thp_scan_exceed_share_pte")):
+            k = int((codes == code).sum())
+            if k:
+                m.count(event, k)
+        result = ScanResult(int(codes[-1]))
+        latency = np.where(tids[:done] >= 0, scan_cost(m), 0).astype(np.int64)
+        m.charge(scan_cost(m), None, int((tids[:done] >= 0).sum()))
+        if result == ScanResult.SCAN_SUCCEED:
+            result = collapse_huge_page(m, mm, vma, start + (done - 1) * PMD_SIZE, cc,
+                                        int(counts[-1, 1]))
+            codes[-1] = int(result)
+            none, swapped = int(counts[-1, 0]), int(counts[-1, 1])
+            latency[-1] = collapse_cost(m, HPAGE_PMD_NR - none - swapped, none, swapped)
+            m.charge(int(latency[-1]), "collapse")
+            if result == ScanResult.SCAN_SUCCEED:
+                t._set_counter("pages_collapsed", t.pages_collapsed + 1)
+        ev = np.zeros(done, dtype=EVENT_DTYPE)
+        ev["time_ns"] = m.clock_ns
+        ev["pid"] = pid
+        ev["address"] = start + np.arange(done, dtype=np.uint64) * np.uint64(PMD_SIZE)
+        ev["context"] = CONTEXT_KHUGEPAGED
+        ev["result"] = codes
+        ev["none_or_zero"], ev["unmapped"] = counts[:, 0], counts[:, 1]
+        ev["shared"], ev["referenced"] = counts[:, 2], counts[:, 3]
+        ev["latency_ns"] = latency
+        m._collapse_events.append(ev)
+        return done, result
+
+    def do_scan(self) -> None:
+        """khugepaged_do_scan(): one pass with a budget of pages_to_scan."""
+        with self.m.acting("khugepaged"):
+            self._do_scan()
+
+    def _do_scan(self) -> None:
+        m = self.m
+        pages = m.thp.khugepaged.pages_to_scan
+        progress = 0
+        pass_through_head = 0
+        wait = True
+        while True:
+            if self.cursor_mm is None:
+                pass_through_head += 1
+            if self.has_work() and pass_through_head < 2:
+                got, result = self.scan_mm_slot(pages - progress)
+                progress += got
+            else:
+                progress = pages
+                result = ScanResult.SCAN_SUCCEED
+            if progress >= pages:
+                break
+            if result == ScanResult.SCAN_ALLOC_HUGE_PAGE_FAIL:
+                if not wait:
+                    break
+                wait = False
+                m.clock_ns += m.thp.khugepaged.alloc_sleep_millisecs * 1_000_000
+
+    def next_event_ns(self) -> float:
+        """When the thread next scans (inf while it sleeps waiting for an mm)."""
+        if not self.m.thp.pmd_enabled() or not self.m.khugepaged_mm_list:
+            return float("inf")
+        return max(self.next_wakeup_ns, self.m.clock_ns)
+
+    def step(self) -> None:
+        """One wake-up: a scan pass, then sleep scan_sleep_millisecs."""
+        m = self.m
+        self.do_scan()
+        sleep = m.thp.khugepaged.scan_sleep_millisecs * 1_000_000
+        self.next_wakeup_ns = m.clock_ns + max(sleep, 1)
+
+    def run_until(self, end_ns: int) -> None:
+        """Run the machine (all its daemons) until end_ns."""
+        self.m.run_until(end_ns)
+
+    def wait_full_scans(self, n: int = 1, timeout_s: float = 24 * 3600) -> None:
+        """Run simulated time until full_scans has grown by n (TimeoutError if it cannot)."""
+        m = self.m
+        target = m.thp.khugepaged.full_scans + n
+        deadline = m.clock_ns + int(timeout_s * 1e9)
+        while m.thp.khugepaged.full_scans < target:
+            if not m.thp.pmd_enabled() or not m.khugepaged_mm_list:
+                raise TimeoutError("khugepaged has nothing to scan (no registered mm, or THP off)")
+            t = self.next_event_ns()
+            if t > deadline:
+                raise TimeoutError(f"full_scans did not reach {target} within {timeout_s} s")
+            m.run_until(int(t))
+
+
+def _lock_dropped(result: ScanResult) -> bool:
+    """collapse_huge_page() always returns with the mmap lock dropped: after any attempt."""
+    return result in (ScanResult.SCAN_SUCCEED, ScanResult.SCAN_ALLOC_HUGE_PAGE_FAIL,
+                      ScanResult.SCAN_CGROUP_CHARGE_FAIL, ScanResult.SCAN_FAIL)
+
+
+def default_collapse_control(machine: "Machine", vma: VMA) -> CollapseControl:
+    """MADV_COLLAPSE's allocation: GFP_TRANSHUGE in 6.18; the VMA's fault-time gfp in the
+    2022 RFC profile."""
+    if machine.kernel == "rfc-2022":
+        return CollapseControl(False, vma_thp_gfp_mask(machine, vma), limits=False)
+    return CollapseControl(False, Gfp(direct_reclaim=True, kswapd=False))
+
+
+UIO_MAXIOV = 1024
+MAX_RW_COUNT = 0x7FFFF000                 # INT_MAX & PAGE_MASK
+SSIZE_MAX = (1 << 63) - 1
+REMOTE_ADVICE = {3, 20, 21, 25}           # WILLNEED, COLD, PAGEOUT, COLLAPSE
+
+
+def ptrace_may_access_read(caller, target) -> bool:
+    """PTRACE_MODE_READ_FSCREDS: same uid, or CAP_SYS_PTRACE."""
+    return caller.uid == target.uid or "CAP_SYS_PTRACE" in caller.caps
+
+
+def process_madvise(caller, pidfd: int, iovecs, advice: int, flags: int = 0) -> int:
+    """process_madvise(2) in 6.18 (and the 2022 RFC's flags in the rfc-2022 profile)."""
+    from thpcore.constants import MADV_COLLAPSE, MADV_F_COLLAPSE_DEFRAG, MADV_F_COLLAPSE_LIMITS
+    from thpcore.mm.madvise import do_madvise
+    from thpcore.process import _int
+
+    m = caller.machine
+    caller._live()
+    pidfd, advice, flags = _int(pidfd, "pidfd"), _int(advice, "advice"), _int(flags, "flags")
+    rfc = m.kernel == "rfc-2022"
+    allowed_flags = (MADV_F_COLLAPSE_LIMITS | MADV_F_COLLAPSE_DEFRAG) if rfc and advice == MADV_COLLAPSE else 0
+    if flags & ~allowed_flags or flags < 0:
+        raise OSError(errno.EINVAL, "Invalid argument: flags")
+    try:
+        vec = [(_int(a, "iov_base"), _int(n, "iov_len")) for a, n in iovecs]
+    except (TypeError, ValueError) as exc:
+        raise TypeError("iovecs must be a sequence of (address, length) pairs") from exc
+    if len(vec) > UIO_MAXIOV:
+        raise OSError(errno.EINVAL, "Invalid argument: too many iovecs")
+    total = 0
+    for _, n in vec:
+        if n < 0 or n > SSIZE_MAX or total + n > SSIZE_MAX:
+            raise OSError(errno.EINVAL, "Invalid argument: iovec length")
+        total += n
+    # import_iovec() caps the total at MAX_RW_COUNT, shortening the iovecs that pass it.
+    capped, total = [], 0
+    for addr, n in vec:
+        n = min(n, MAX_RW_COUNT - total)
+        capped.append((addr, n))
+        total += n
+    vec = capped
+    target = caller.fds.get(pidfd)
+    if target is None:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+    if not target.alive:
+        raise ProcessLookupError(errno.ESRCH, "No such process")
+    remote = target.mm is not caller.mm
+    if remote and not ptrace_may_access_read(caller, target):
+        raise PermissionError(errno.EACCES, "Permission denied")
+    if remote and advice not in REMOTE_ADVICE:
+        raise OSError(errno.EINVAL, "Invalid argument: advice not allowed remotely")
+    if remote and "CAP_SYS_NICE" not in caller.caps:
+        raise PermissionError(errno.EPERM, "Operation not permitted: CAP_SYS_NICE required")
+    if rfc and remote and advice == MADV_COLLAPSE and not flags & MADV_F_COLLAPSE_LIMITS \
+            and "CAP_SYS_ADMIN" not in caller.caps:
+        raise PermissionError(errno.EPERM, "Operation not permitted: collapsing another process "
+                                           "without MADV_F_COLLAPSE_LIMITS needs CAP_SYS_ADMIN")
+    done = 0
+    for addr, n in vec:
+        cc = None
+        if rfc and advice == MADV_COLLAPSE:
+            vma_gfp = Gfp(direct_reclaim=True, kswapd=False) if flags & MADV_F_COLLAPSE_DEFRAG else None
+            cc = _RfcControl(m, bool(flags & MADV_F_COLLAPSE_LIMITS), vma_gfp)
+        try:
+            do_madvise(m, target.mm, addr, n, advice, collapse_cc=cc, pid=target.pid)
+        except OSError:
+            if done:
+                return done
+            raise
+        done += n
+    return done
+
+
+class _RfcControl(CollapseControl):
+    """RFC collapse: limits on request; the VMA's fault-time gfp unless DEFRAG was asked for."""
+
+    def __init__(self, machine: "Machine", limits: bool, gfp: Gfp | None):
+        super().__init__(False, gfp or Gfp(direct_reclaim=False, kswapd=False), limits=limits)
+        self._machine = machine
+        self._fixed_gfp = gfp is not None
+
+    def for_vma(self, vma: VMA) -> "CollapseControl":
+        if not self._fixed_gfp:
+            self.gfp = vma_thp_gfp_mask(self._machine, vma)
+        return self

@@ -1,0 +1,1 @@
+"""uhugepaged: the userspace hugepage daemon and its policies."""

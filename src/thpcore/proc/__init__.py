@@ -1,0 +1,1 @@
+"""procfs text views of the kernel model (read-only but for /proc/sys writes)."""
