@@ -2,7 +2,8 @@
 
 from thpcore import constants
 from thpcore.constants import *  # noqa: F401,F403  (MADV_*, PROT_*, MAP_*, PR_*: Linux's values)
-from thpcore.machine import InvariantError, Machine
+from thpcore.errors import InvariantError, OOMKilled, OutOfMemory, SegmentationFault, Unsupported
+from thpcore.machine import Machine
 from thpcore.proc.procfs import parse_buddyinfo, parse_pagetypeinfo
 from thpcore.units import parse_size
 from thpcore.mm.vmstat import parse_vmstat
@@ -11,8 +12,6 @@ __version__ = "0.1.0"
 
 __all__ = ["Machine", "InvariantError", "parse_size", "parse_buddyinfo", "parse_pagetypeinfo",
            "parse_vmstat", "constants"] + [n for n in dir(constants) if n.isupper()]
-from thpcore.mm.madvise import Unsupported
-from thpcore.mm.memory import OOMKilled, OutOfMemory
-from thpcore.process import Process, SegmentationFault
+from thpcore.process import Process
 
 __all__ += ["Process", "SegmentationFault", "OutOfMemory", "OOMKilled", "Unsupported"]

@@ -18,6 +18,7 @@ from thpcore.mm.sysctl import Sysctl
 from thpcore.mm.sysfs import Sysfs, ThpSettings
 from thpcore.units import PAGE_SIZE, format_size, parse_size
 from thpcore.mm.vmstat import Vmstat
+from thpcore.errors import InvariantError
 
 if TYPE_CHECKING:
     from thpcore.process import Process
@@ -44,10 +45,6 @@ EVENTS = ("pswpout", "pglazyfree", "pglazyfreed", "thp_fault_alloc", "thp_fault_
 
 class _NoVMA:
     flags = 0
-
-
-class InvariantError(AssertionError):
-    """Machine.check() found simulator state that no kernel could be in."""
 
 
 class CollapseEventLog(collections.deque):

@@ -15,6 +15,7 @@ from thpcore.mm.memory import handle_mm_fault_range, zap_page_range, free_pgtabl
 from thpcore.mm.mm_types import MM
 from thpcore.mm.mmap import do_mmap, do_munmap, do_mprotect
 from thpcore.mm.vma import PAGE_SIZE, TASK_SIZE, VM_LOCKED, VM_READ, VM_WRITE
+from thpcore.errors import OutOfMemory, SegmentationFault, int_arg
 
 if TYPE_CHECKING:
     from thpcore.mm.memcontrol import MemCgroup
@@ -37,14 +38,6 @@ PIDFD_NONBLOCK = 0o4000
 PIDFD_THREAD = 0o200
 
 
-class SegmentationFault(OSError):
-    """An access the process could not make (SIGSEGV); nothing was changed."""
-
-    def __init__(self, addr: int, why: str):
-        super().__init__(errno.EFAULT, f"Bad address: {why} at {addr:#x}")
-        self.addr = addr
-
-
 def _syscall(fn):
     """Run a system call of this process with its pid as the actor charged for the work."""
     import functools
@@ -59,12 +52,6 @@ def _syscall(fn):
         finally:
             m.actor = saved
     return call
-
-
-def _int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    return int(value)
 
 
 class Process:
@@ -102,9 +89,9 @@ class Process:
              flags: int = MAP_PRIVATE | MAP_ANONYMOUS, addr: int | None = None) -> int:
         """mmap(2) of private anonymous memory; returns the address."""
         mm = self._live()
-        length, prot, flags = _int(length, "length"), _int(prot, "prot"), _int(flags, "flags")
+        length, prot, flags = int_arg(length, "length"), int_arg(prot, "prot"), int_arg(flags, "flags")
         if addr is not None:
-            addr = _int(addr, "addr")
+            addr = int_arg(addr, "addr")
         start = do_mmap(self.machine, mm, length, prot, flags, addr)
         if flags & MAP_POPULATE:
             vma = mm.vmas.find(start)
@@ -114,7 +101,7 @@ class Process:
 
     @_syscall
     def munmap(self, addr: int, length: int) -> None:
-        do_munmap(self.machine, self._live(), _int(addr, "addr"), _int(length, "length"))
+        do_munmap(self.machine, self._live(), int_arg(addr, "addr"), int_arg(length, "length"))
 
     @_syscall
     def mremap(self, old_address: int, old_size: int, new_size: int, flags: int = 0,
@@ -122,27 +109,27 @@ class Process:
         """mremap(2) of private anonymous memory; returns the address the mapping now has.
         Raises OSError with the kernel's errno (EINVAL, EFAULT, ENOMEM)."""
         from thpcore.mm.mremap import do_mremap
-        return do_mremap(self.machine, self._live(), _int(old_address, "old_address"),
-                         _int(old_size, "old_size"), _int(new_size, "new_size"),
-                         _int(flags, "flags"), _int(new_address, "new_address"))
+        return do_mremap(self.machine, self._live(), int_arg(old_address, "old_address"),
+                         int_arg(old_size, "old_size"), int_arg(new_size, "new_size"),
+                         int_arg(flags, "flags"), int_arg(new_address, "new_address"))
 
     @_syscall
     def mprotect(self, addr: int, length: int, prot: int) -> None:
-        do_mprotect(self.machine, self._live(), _int(addr, "addr"), _int(length, "length"),
-                    _int(prot, "prot"))
+        do_mprotect(self.machine, self._live(), int_arg(addr, "addr"), int_arg(length, "length"),
+                    int_arg(prot, "prot"))
 
     @_syscall
     def madvise(self, addr: int, length: int, advice: int) -> None:
         """madvise(2); raises OSError with the kernel's errno."""
-        do_madvise(self.machine, self._live(), _int(addr, "addr"), _int(length, "length"),
-                   _int(advice, "advice"), pid=self.pid)
+        do_madvise(self.machine, self._live(), int_arg(addr, "addr"), int_arg(length, "length"),
+                   int_arg(advice, "advice"), pid=self.pid)
 
     # ---- memory access -----------------------------------------------------------------------
 
     def _access_range(self, addr: int, length: int, need: int) -> list[tuple]:
         """Validate that the whole range is accessible; returns (vma, lo, hi) pieces."""
         mm = self._live()
-        addr, length = _int(addr, "addr"), _int(length, "length")
+        addr, length = int_arg(addr, "addr"), int_arg(length, "length")
         if length < 0:
             raise ValueError("length must not be negative")
         if length == 0:
@@ -170,7 +157,7 @@ class Process:
     def write(self, addr: int, length: int, value: int | None = None) -> None:
         """Write every page of the range (storing `value`, or fresh non-zero content words)."""
         if value is not None:
-            value = _int(value, "value")
+            value = int_arg(value, "value")
             if not 0 <= value <= 0xFFFFFFFF:
                 raise ValueError("value must fit in 32 bits (a content word)")
         pieces = self._access_range(addr, length, VM_WRITE)
@@ -200,7 +187,7 @@ class Process:
     def pidfd_open(self, pid: int, flags: int = 0) -> int:
         """pidfd_open(2): a pidfd for a live process (no permission check at open time)."""
         self._live()
-        pid, flags = _int(pid, "pid"), _int(flags, "flags")
+        pid, flags = int_arg(pid, "pid"), int_arg(flags, "flags")
         if flags & ~(PIDFD_NONBLOCK | PIDFD_THREAD) or pid <= 0:
             raise OSError(errno.EINVAL, "Invalid argument")
         target = self.machine._processes.get(pid)
@@ -213,7 +200,7 @@ class Process:
 
     def close(self, fd: int) -> None:
         self._live()
-        if self.fds.pop(_int(fd, "fd"), None) is None:
+        if self.fds.pop(int_arg(fd, "fd"), None) is None:
             raise OSError(errno.EBADF, "Bad file descriptor")
 
     @_syscall
@@ -237,7 +224,7 @@ class Process:
     def _mlock_range(self, addr: int, length: int) -> tuple[MM, int, int]:
         """mlock/munlock argument rules: page-rounded, fully mapped, else ENOMEM."""
         mm = self._live()
-        addr, length = _int(addr, "addr"), _int(length, "length")
+        addr, length = int_arg(addr, "addr"), int_arg(length, "length")
         start = addr & ~(PAGE_SIZE - 1)
         end = (addr + length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
         if end < start or end > TASK_SIZE:
@@ -276,7 +263,7 @@ class Process:
     @_syscall
     def prctl(self, option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
         mm = self._live()
-        option = _int(option, "option")
+        option = int_arg(option, "option")
         if option == PR_SET_THP_DISABLE:
             if arg4 or arg5:
                 raise OSError(errno.EINVAL, "Invalid argument")
@@ -332,7 +319,6 @@ def dup_mm(machine: "Machine", parent: MM, child: MM) -> None:
     """dup_mmap() + copy_page_range() for private anonymous memory."""
     from thpcore.mm.mm_types import (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_WRITE, PMD_YOUNG, make_huge_pmd,
                      make_huge_zero_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind, pmd_table_id)
-    from thpcore.mm.memory import OutOfMemory
     from thpcore.mm.vma import VM_DONTCOPY, VM_WIPEONFORK, VMA
 
     pt = machine.page_tables

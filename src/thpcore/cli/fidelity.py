@@ -19,6 +19,7 @@ from thpcore.constants import (MADV_DONTNEED_LOCKED, MADV_GUARD_INSTALL, MADV_GU
                                MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE,
                                MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE,
                                MADV_NOHUGEPAGE, MADV_PAGEOUT, PROT_READ, PROT_WRITE)
+from thpcore.errors import SegmentationFault
 
 MB = 1 << 20
 HP = 2 * MB
@@ -192,7 +193,6 @@ class Sim:
                 if e["end"] > r.addr and e["start"] < r.addr + r.length]
 
     def probe(self, r, off):
-        from thpcore.process import SegmentationFault
         try:
             return int(r.p.read(r.addr + off, 4096)[0])
         except SegmentationFault:

@@ -14,6 +14,7 @@ from thpcore.mm.huge_memory import (HPAGE_PMD_NR, TVA, Gfp, alloc_thp, map_new_t
                           vma_thp_gfp_mask)
 from thpcore.mm.mm_types import MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, pmd_kind, pmd_table_id
 from thpcore.mm.vma import PMD_SIZE, VM_WRITE, VMA
+from thpcore.errors import int_arg
 
 if TYPE_CHECKING:
     from thpcore.machine import Machine
@@ -483,17 +484,16 @@ def process_madvise(caller, pidfd: int, iovecs, advice: int, flags: int = 0) -> 
     """process_madvise(2) in 6.18 (and the 2022 RFC's flags in the rfc-2022 profile)."""
     from thpcore.constants import MADV_COLLAPSE, MADV_F_COLLAPSE_DEFRAG, MADV_F_COLLAPSE_LIMITS
     from thpcore.mm.madvise import do_madvise
-    from thpcore.process import _int
 
     m = caller.machine
     caller._live()
-    pidfd, advice, flags = _int(pidfd, "pidfd"), _int(advice, "advice"), _int(flags, "flags")
+    pidfd, advice, flags = int_arg(pidfd, "pidfd"), int_arg(advice, "advice"), int_arg(flags, "flags")
     rfc = m.kernel == "rfc-2022"
     allowed_flags = (MADV_F_COLLAPSE_LIMITS | MADV_F_COLLAPSE_DEFRAG) if rfc and advice == MADV_COLLAPSE else 0
     if flags & ~allowed_flags or flags < 0:
         raise OSError(errno.EINVAL, "Invalid argument: flags")
     try:
-        vec = [(_int(a, "iov_base"), _int(n, "iov_len")) for a, n in iovecs]
+        vec = [(int_arg(a, "iov_base"), int_arg(n, "iov_len")) for a, n in iovecs]
     except (TypeError, ValueError) as exc:
         raise TypeError("iovecs must be a sequence of (address, length) pairs") from exc
     if len(vec) > UIO_MAXIOV:

@@ -11,6 +11,7 @@ from thpcore.mm.memory import khugepaged_enter_vma, zap_page_range
 from thpcore.mm.mm_types import MM, PMD_KIND_TABLE, pmd_kind, pmd_table_id
 from thpcore.mm.vma import (PAGE_SHIFT, PAGE_SIZE, VM_DONTCOPY, VM_DONTDUMP, VM_HUGEPAGE, VM_LOCKED, VM_NOHUGEPAGE,
                   VM_WIPEONFORK, VMA)
+from thpcore.errors import SegmentationFault, Unsupported
 
 if TYPE_CHECKING:
     from thpcore.machine import Machine
@@ -46,10 +47,6 @@ FLAG_ADVICE = {
     C.MADV_HUGEPAGE: (VM_HUGEPAGE, VM_NOHUGEPAGE),
     C.MADV_NOHUGEPAGE: (VM_NOHUGEPAGE, VM_HUGEPAGE),
 }
-
-
-class Unsupported(ValueError):
-    """A call the kernel accepts but thpcore does not model (yet)."""
 
 
 def check_madvise_args(start: int, length: int, advice: int) -> int | None:
@@ -169,7 +166,6 @@ def madvise_vma(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int, advice: 
         madvise_free(machine, mm, vma, lo, hi)
         return
     if advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE):
-        from thpcore.process import SegmentationFault
         try:
             machine.populate(mm, vma, lo, hi, write=advice == C.MADV_POPULATE_WRITE)
         except SegmentationFault as e:      # a guard region: VM_FAULT_SIGSEGV is -EFAULT here

@@ -15,24 +15,10 @@ from thpcore.mm.mm_types import (MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZER
                  PMD_YOUNG, make_huge_zero_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind,
                  pmd_table_id)
 from thpcore.mm.vma import PAGE_SHIFT, PMD_SHIFT, PMD_SIZE, PUD_SHIFT, VM_WRITE, VMA
+from thpcore.errors import OOMKilled, OutOfMemory, SegmentationFault
 
 if TYPE_CHECKING:
     from thpcore.machine import Machine
-
-
-class OutOfMemory(OSError):
-    """A fault could not allocate memory even after reclaim and OOM kills."""
-
-    def __init__(self, msg: str = "out of memory during a page fault"):
-        super().__init__(errno.ENOMEM, msg)
-
-
-class OOMKilled(ProcessLookupError):
-    """The faulting process itself was chosen by the OOM killer; it is gone."""
-
-    def __init__(self, pid: int):
-        super().__init__(errno.ESRCH, f"process {pid} was killed by the OOM killer")
-        self.pid = pid
 
 
 def anon_vma_prepare(machine: "Machine", vma: VMA) -> None:
@@ -363,7 +349,6 @@ def _fault_ptes(machine, mm, tid, i0, i1, write, vma_write, vpn0, value_mode, va
 
 def _guard_fault(addr: int) -> None:
     """A fault reached a guard marker (the access check normally catches it first)."""
-    from thpcore.process import SegmentationFault
     raise SegmentationFault(addr, "guard region")
 
 
