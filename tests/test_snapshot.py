@@ -86,7 +86,7 @@ def test_snapshot_round_trip_of_a_simulated_layout(tmp_path):
             "kpageflags": np.zeros(1024, dtype=np.uint64), "kpagecount": np.zeros(1024, np.uint64),
             "knobs": np.array(["enabled=madvise", "khugepaged/max_ptes_none=200"]),
             "memtotal_kb": np.int64(1 << 20)}
-    m = rebuild(snap)
+    m = rebuild(thpcore.Machine, snap)
     p = m.process(4242)
     assert p.name == "demo" and p.uid == 1000
     r = p.smaps_rollup()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -10,16 +11,19 @@ import numpy as np
 from thpcore import _engine
 from thpcore.constants import (MAP_ANONYMOUS, MAP_POPULATE, MAP_PRIVATE, PR_GET_THP_DISABLE,
                         PR_SET_THP_DISABLE, PR_THP_DISABLE_EXCEPT_ADVISED, PROT_READ, PROT_WRITE)
-from thpcore.mm.madvise import do_madvise
-from thpcore.mm.memory import handle_mm_fault_range, zap_page_range, free_pgtables
+from thpcore.errors import SegmentationFault, int_arg
+from thpcore.mm.fork import dup_mm
+from thpcore.mm.madvise import _set_vma_flags, do_madvise, process_madvise
+from thpcore.mm.memory import handle_mm_fault_range, populate
 from thpcore.mm.mm_types import MM
-from thpcore.mm.mmap import do_mmap, do_munmap, do_mprotect
+from thpcore.mm.mmap import do_mmap, do_mprotect, do_munmap, exit_mmap
+from thpcore.mm.mremap import do_mremap
 from thpcore.mm.vma import PAGE_SIZE, TASK_SIZE, VM_LOCKED, VM_READ, VM_WRITE
-from thpcore.errors import OutOfMemory, SegmentationFault, int_arg
+from thpcore.proc.task_mmu import smaps_entries, smaps_rollup
 
 if TYPE_CHECKING:
-    from thpcore.mm.memcontrol import MemCgroup
     from thpcore.machine import Machine
+    from thpcore.mm.memcontrol import MemCgroup
 
 CAPABILITIES = frozenset({
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
@@ -40,8 +44,6 @@ PIDFD_THREAD = 0o200
 
 def _syscall(fn):
     """Run a system call of this process with its pid as the actor charged for the work."""
-    import functools
-
     @functools.wraps(fn)
     def call(self, *args, **kwargs):
         m = self.machine
@@ -95,7 +97,7 @@ class Process:
         start = do_mmap(self.machine, mm, length, prot, flags, addr)
         if flags & MAP_POPULATE:
             vma = mm.vmas.find(start)
-            self.machine.populate(mm, vma, start, start + ((length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)),
+            populate(self.machine, mm, vma, start, start + ((length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)),
                                   write=bool(vma.flags & VM_WRITE))
         return start
 
@@ -108,7 +110,6 @@ class Process:
                new_address: int = 0) -> int:
         """mremap(2) of private anonymous memory; returns the address the mapping now has.
         Raises OSError with the kernel's errno (EINVAL, EFAULT, ENOMEM)."""
-        from thpcore.mm.mremap import do_mremap
         return do_mremap(self.machine, self._live(), int_arg(old_address, "old_address"),
                          int_arg(old_size, "old_size"), int_arg(new_size, "new_size"),
                          int_arg(flags, "flags"), int_arg(new_address, "new_address"))
@@ -206,8 +207,7 @@ class Process:
     @_syscall
     def process_madvise(self, pidfd: int, iovecs, advice: int, flags: int = 0) -> int:
         """process_madvise(2): returns the bytes of the iovecs fully advised."""
-        from thpcore.mm.khugepaged import process_madvise
-        return process_madvise(self, pidfd, iovecs, advice, flags)
+        return process_madvise(self.machine, self, pidfd, iovecs, advice, flags)
 
     # ---- process control ---------------------------------------------------------------------
 
@@ -236,7 +236,6 @@ class Process:
     @_syscall
     def mlock(self, addr: int, length: int) -> None:
         """mlock(2): lock the VMAs of the range and populate them (write faults where writable)."""
-        from thpcore.mm.madvise import _set_vma_flags
         mm, start, end = self._mlock_range(addr, length)
         for vma in mm.vmas.overlapping(start, end):
             _set_vma_flags(self.machine, mm, vma, max(start, vma.start), min(end, vma.end),
@@ -244,7 +243,7 @@ class Process:
         for vma in mm.vmas.overlapping(start, end):
             if vma.flags & (VM_READ | VM_WRITE):
                 try:
-                    self.machine.populate(mm, vma, max(start, vma.start), min(end, vma.end),
+                    populate(self.machine, mm, vma, max(start, vma.start), min(end, vma.end),
                                           write=bool(vma.flags & VM_WRITE))
                 except SegmentationFault:
                     # A guard region: __mlock_posix_error_return() turns EFAULT into ENOMEM
@@ -254,7 +253,6 @@ class Process:
 
     @_syscall
     def munlock(self, addr: int, length: int) -> None:
-        from thpcore.mm.madvise import _set_vma_flags
         mm, start, end = self._mlock_range(addr, length)
         for vma in mm.vmas.overlapping(start, end):
             _set_vma_flags(self.machine, mm, vma, max(start, vma.start), min(end, vma.end),
@@ -286,88 +284,18 @@ class Process:
 
     @_syscall
     def exit(self) -> None:
-        """exit_mmap(): unmap everything, free the page tables, leave khugepaged's list."""
-        mm = self._live()
-        m = self.machine
-        for vma in list(mm.vmas):
-            zap_page_range(m, mm, vma.start, vma.end)
-        ranges = [(v.start, v.end) for v in mm.vmas]
-        mm.vmas.remove_range(0, TASK_SIZE)
-        for start, end in ranges:
-            free_pgtables(m, mm, start, end)
-        if mm.registered:
-            m.khugepaged.mm_exit(mm)
-            mm.registered = False
-        for fd_target in list(self.fds):
-            del self.fds[fd_target]
+        """do_exit(): exit_mmap() (unmap everything, free the page tables, leave khugepaged's
+        list), close the pidfds."""
+        exit_mmap(self.machine, self._live())
+        self.fds.clear()
         self.alive = False
         self.exit_reason = self.exit_reason or "exit"
 
     # ---- views ---------------------------------------------------------------------------------
 
     def smaps(self) -> list[dict]:
-        from thpcore.proc.task_mmu import smaps_entries
         return smaps_entries(self.machine, self._live())
 
     def smaps_rollup(self) -> dict[str, int]:
         """/proc/PID/smaps_rollup as a dict of kB (and THPeligible-free fields)."""
-        from thpcore.proc.task_mmu import smaps_rollup
         return smaps_rollup(self.machine, self._live())
-
-
-def dup_mm(machine: "Machine", parent: MM, child: MM) -> None:
-    """dup_mmap() + copy_page_range() for private anonymous memory."""
-    from thpcore.mm.mm_types import (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_WRITE, PMD_YOUNG, make_huge_pmd,
-                     make_huge_zero_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind, pmd_table_id)
-    from thpcore.mm.vma import VM_DONTCOPY, VM_WIPEONFORK, VMA
-
-    pt = machine.page_tables
-    child.has_guards = parent.has_guards           # copy_pte_range() copies guard markers
-    for v in parent.vmas:
-        if v.flags & VM_DONTCOPY:
-            continue
-        child.vmas.insert(VMA(v.start, v.end, v.flags & ~VM_LOCKED,
-                              machine.new_anon_vma_id() if v.anon_vma is not None else None))
-    for region, entry in list(parent.populated_pmds()):
-        vma = child.vmas.find(region) or next(iter(child.vmas.overlapping(region, region + (2 << 20))), None)
-        if vma is None:
-            continue                       # only VM_DONTCOPY VMAs touch this region
-        if all(v.flags & VM_WIPEONFORK for v in child.vmas.overlapping(region, region + (2 << 20))):
-            continue
-        tid = pt.new_table()
-        if tid < 0:
-            raise OutOfMemory("no memory for a page table during fork")
-        kind = pmd_kind(entry)
-        if kind == PMD_KIND_HUGE:
-            head = pmd_huge_pfn(entry)
-            parent.set_pmd(region, entry & ~PMD_WRITE)
-            child.set_pmd(region, make_huge_pmd(head, tid, entry & 0x1C & ~PMD_WRITE & ~PMD_YOUNG))
-            pt.map_thp(head, 1)
-            machine.thp_pmd_mappings[head] += 1
-            child.anon_rss += 512
-        elif kind == PMD_KIND_HUGE_ZERO:
-            child.set_pmd(region, make_huge_zero_pmd(tid))
-            child.huge_zero_used = True
-        else:
-            src = pmd_table_id(entry)
-            pt.copy_table(src, tid)
-            child.set_pmd(region, make_table_pmd(tid))
-            t = pt.table(tid)
-            child.anon_rss += int(((t & 1) != 0).sum())
-            child.swap_ents += int(((t & 0xF) == 2).sum())
-            # Ranges of VM_DONTCOPY / VM_WIPEONFORK VMAs sharing this region are not copied.
-            for v in parent.vmas.overlapping(region, region + (2 << 20)):
-                if v.flags & (VM_DONTCOPY | VM_WIPEONFORK):
-                    lo, hi = max(v.start, region), min(v.end, region + (2 << 20))
-                    pt.reset_stats()
-                    pt.zap(tid, (lo - region) >> 12, (hi - region) >> 12)
-                    st = pt.get_stats()
-                    child.anon_rss -= st["rss_removed"]
-                    child.swap_ents -= st["swap_ptes_zapped"]
-    child.hiwater_rss = child.anon_rss
-    child.thp_disable = parent.thp_disable
-    if parent.registered:
-        child.registered = True
-        machine.khugepaged_mm_list.append(child)
-
-

@@ -17,6 +17,8 @@ import re
 
 import numpy as np
 
+from thpcore.constants import (MADV_COLLAPSE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_PAGEOUT,
+                               MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_READ, PROT_WRITE)
 from thpcore.proc.procfs import parse_smaps
 
 PM_PRESENT = np.uint64(1 << 63)
@@ -128,11 +130,9 @@ def _runs(mask: np.ndarray):
     return list(zip(np.nonzero(d == 1)[0], np.nonzero(d == -1)[0]))
 
 
-def rebuild(snap, memory=None, swap=None, seed: int = 0):
-    """A Machine with the snapshot's process rebuilt in it (see the module docstring)."""
-    from thpcore.constants import (MADV_COLLAPSE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_PAGEOUT,
-                            MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_READ, PROT_WRITE)
-    from thpcore.machine import Machine
+def rebuild(machine_class, snap, memory=None, swap=None, seed: int = 0):
+    """A machine_class (thpcore.Machine) with the snapshot's process rebuilt in it (see the
+    module docstring)."""
     pm = snap["pagemap"]
     present = (pm & PM_PRESENT) != 0
     swapped = (pm & PM_SWAP) != 0
@@ -143,7 +143,7 @@ def rebuild(snap, memory=None, swap=None, seed: int = 0):
         memory = max(int(snap["memtotal_kb"]) * 1024 // (2 << 20) * (2 << 20), 64 << 20)
     if swap is None:
         swap = ((need_swap + (64 << 20)) // 4096) * 4096
-    m = Machine(memory, swap=swap, seed=seed)
+    m = machine_class(memory, swap=swap, seed=seed)
     knobs = dict(k.split("=", 1) for k in snap["knobs"].tolist())
     m.thp.enabled = "never"                       # rebuild with 4 KiB faults first
     m._next_pid = int(snap["pid"])

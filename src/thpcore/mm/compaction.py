@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from thpcore.mm.page_alloc import fragmentation_index
 
 if TYPE_CHECKING:
-    from thpcore.machine import Machine
+    from thpcore.mm.kernel import Kernel
 
 PAGE_ALLOC_COSTLY_ORDER = 3
 COMPACT_MAX_DEFER_SHIFT = 6
@@ -39,8 +39,8 @@ class Priority(enum.IntEnum):
 class Compaction:
     """Per-zone compaction state (compact_considered, compact_defer_shift, ...) and entry points."""
 
-    def __init__(self, machine: "Machine"):
-        self.m = machine
+    def __init__(self, kernel: "Kernel"):
+        self.m = kernel
         self.considered = 0
         self.defer_shift = 0
         self.order_failed = 0

@@ -10,14 +10,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from thpcore import _engine
-from thpcore.mm.huge_memory import (HPAGE_PMD_NR, TVA, Gfp, alloc_thp, map_new_thp, thp_vma_allowable,
+from thpcore.mm.huge_memory import (HPAGE_PMD_NR, TVA, Gfp, folio_partially_mapped, map_new_thp, thp_vma_allowable,
                           vma_thp_gfp_mask)
+from thpcore.mm.memory import charge_thp
+from thpcore.mm.thp_alloc import alloc_thp
 from thpcore.mm.mm_types import MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, pmd_kind, pmd_table_id
 from thpcore.mm.vma import PMD_SIZE, VM_WRITE, VMA
-from thpcore.errors import int_arg
 
 if TYPE_CHECKING:
-    from thpcore.machine import Machine
+    from thpcore.mm.kernel import Kernel
 
 # enum scan_result, from the engine's own list (its codes are the same numbers): one source.
 ScanResult = enum.IntEnum(  # type: ignore[misc]
@@ -48,16 +49,16 @@ def madvise_collapse_errno(result: ScanResult) -> int:
     return errno.EINVAL
 
 
-def collapse_cost(machine: "Machine", present: int, none: int, swapped: int) -> int:
+def collapse_cost(kernel: "Kernel", present: int, none: int, swapped: int) -> int:
     """A collapse: the measured cost of a full 2 MiB MADV_COLLAPSE, less the copies it did not
     need (none/zero subpages are cleared instead), plus synchronous swap-ins."""
-    c = machine.costs
+    c = kernel.costs
     fixed = max(c.collapse_2m_ns - HPAGE_PMD_NR * c.copy_4k_ns, 0)
     return fixed + present * c.copy_4k_ns + none * c.zero_4k_ns + swapped * c.swap_in_4k_ns
 
 
-def scan_cost(machine: "Machine") -> int:
-    return HPAGE_PMD_NR * machine.costs.pte_scan_ns
+def scan_cost(kernel: "Kernel") -> int:
+    return HPAGE_PMD_NR * kernel.costs.pte_scan_ns
 
 
 class CollapseControl:
@@ -75,7 +76,7 @@ EVENT_DTYPE = np.dtype([("time_ns", "i8"), ("pid", "i4"), ("address", "u8"), ("c
 CONTEXT_KHUGEPAGED, CONTEXT_MADV_COLLAPSE = 0, 1
 
 
-def hpage_collapse_scan_pmd(machine: "Machine", mm: MM, vma: VMA, region: int,
+def hpage_collapse_scan_pmd(kernel: "Kernel", mm: MM, vma: VMA, region: int,
                             cc: CollapseControl, pid: int) -> ScanResult:
     """Scan one region and, if it qualifies, collapse it. Returns the final result."""
     entry = mm.get_pmd(region)
@@ -89,9 +90,9 @@ def hpage_collapse_scan_pmd(machine: "Machine", mm: MM, vma: VMA, region: int,
         # A huge zero PMD is not a THP mapping, but the kernel sees a huge PMD and stops alike.
         result = ScanResult.SCAN_PMD_MAPPED
     else:
-        t = machine.thp.khugepaged
+        t = kernel.thp.khugepaged
         lim = cc.limits
-        code, scan = machine.page_tables.scan_pmd(
+        code, scan = kernel.page_tables.scan_pmd(
             pmd_table_id(entry), lim, t.max_ptes_none if lim else -1,
             t.max_ptes_swap if lim else -1, t.max_ptes_shared if lim else -1, REQUIRE_WRITABLE)
         if not cc.is_khugepaged and code == ScanResult.SCAN_LACK_REFERENCED_PAGE:
@@ -99,38 +100,37 @@ def hpage_collapse_scan_pmd(machine: "Machine", mm: MM, vma: VMA, region: int,
         result = ScanResult(code)
         counts = {k: scan[k] for k in counts}
         if result == ScanResult.SCAN_EXCEED_NONE_PTE:
-            machine.count("thp_scan_exceed_none_pte")
+            kernel.count("thp_scan_exceed_none_pte")
         elif result == ScanResult.SCAN_EXCEED_SWAP_PTE:
-            machine.count("thp_scan_exceed_swap_pte")
+            kernel.count("thp_scan_exceed_swap_pte")
         elif result == ScanResult.SCAN_EXCEED_SHARED_PTE:
-            machine.count("thp_scan_exceed_share_pte")
-        latency = scan_cost(machine)
+            kernel.count("thp_scan_exceed_share_pte")
+        latency = scan_cost(kernel)
         if result == ScanResult.SCAN_SUCCEED:
-            result = collapse_huge_page(machine, mm, vma, region, cc, counts["unmapped"])
+            result = collapse_huge_page(kernel, mm, vma, region, cc, counts["unmapped"])
             present = HPAGE_PMD_NR - counts["none_or_zero"] - counts["unmapped"]
-            latency = collapse_cost(machine, present, counts["none_or_zero"], counts["unmapped"])
-            machine.charge(latency, "collapse")
+            latency = collapse_cost(kernel, present, counts["none_or_zero"], counts["unmapped"])
+            kernel.charge(latency, "collapse")
         else:
-            machine.charge(latency)
+            kernel.charge(latency)
         counts["latency_ns"] = latency
-    machine.record_collapse_event(pid, region, CONTEXT_KHUGEPAGED if cc.is_khugepaged
+    kernel.record_collapse_event(pid, region, CONTEXT_KHUGEPAGED if cc.is_khugepaged
                                   else CONTEXT_MADV_COLLAPSE, int(result), counts)
     return result
 
 
-def collapse_huge_page(machine: "Machine", mm: MM, vma: VMA, region: int, cc: CollapseControl,
+def collapse_huge_page(kernel: "Kernel", mm: MM, vma: VMA, region: int, cc: CollapseControl,
                        unmapped: int) -> ScanResult:
     """Allocate a THP, swap in, copy every subpage, free the old pages, install the PMD."""
-    head = alloc_thp(machine, cc.gfp, mm.memcg.id)
+    head = alloc_thp(kernel, cc.gfp, mm.memcg.id)
     if head < 0:
-        machine.count("thp_collapse_alloc_failed")
+        kernel.count("thp_collapse_alloc_failed")
         return ScanResult.SCAN_ALLOC_HUGE_PAGE_FAIL
-    machine.count("thp_collapse_alloc")
-    from thpcore.mm.memory import charge_thp
-    if not charge_thp(machine, mm, head, cc.gfp):
+    kernel.count("thp_collapse_alloc")
+    if not charge_thp(kernel, mm, head, cc.gfp):
         return ScanResult.SCAN_CGROUP_CHARGE_FAIL
     mm.memcg.stat_events["thp_collapse_alloc"] += 1
-    pt = machine.page_tables
+    pt = kernel.page_tables
     tid = pmd_table_id(mm.get_pmd(region))
     table = pt.table(tid)
     # Guard markers are swap-type entries too; faulting one in fails (SCAN_FAIL).
@@ -149,27 +149,27 @@ def collapse_huge_page(machine: "Machine", mm: MM, vma: VMA, region: int, cc: Co
         mm.anon_rss += st["anon_allocated"]
         mm.swap_ents -= st["swapped_in"]
         if failed:
-            machine.page_alloc.zone.free(head, 9)
+            kernel.page_alloc.zone.free(head, 9)
             return ScanResult.SCAN_FAIL
     elif swap.size:
         # Reclaim during the allocation swapped pages of this very region out:
         # __collapse_huge_page_isolate() finds a non-present PTE.
-        machine.page_alloc.zone.free(head, 9)
+        kernel.page_alloc.zone.free(head, 9)
         return ScanResult.SCAN_PTE_NON_PRESENT
     pt.reset_stats()
     released = pt.collapse_copy(tid, head)
     for h in pt.partial_heads():
-        machine.folio_partially_mapped(int(h))
+        folio_partially_mapped(kernel, int(h))
     mm.anon_rss -= released
     # Dirty, writable if VM_WRITE, and young: on x86 vm_page_prot carries _PAGE_ACCESSED.
-    map_new_thp(machine, mm, vma, region, head, tid)
+    map_new_thp(kernel, mm, vma, region, head, tid)
     return ScanResult.SCAN_SUCCEED
 
 
-def madvise_collapse(machine: "Machine", mm: MM, vma: VMA, start: int, end: int,
+def madvise_collapse(kernel: "Kernel", mm: MM, vma: VMA, start: int, end: int,
                      cc: CollapseControl, pid: int) -> None:
     """madvise_collapse() for one VMA's part [start, end); raises OSError on failure."""
-    if not thp_vma_allowable(machine, mm, vma, TVA.FORCED_COLLAPSE):
+    if not thp_vma_allowable(kernel, mm, vma, TVA.FORCED_COLLAPSE):
         raise OSError(errno.EINVAL, "Invalid argument: VMA not eligible for collapse")
     if hasattr(cc, "for_vma"):
         cc = cc.for_vma(vma)
@@ -181,12 +181,12 @@ def madvise_collapse(machine: "Machine", mm: MM, vma: VMA, start: int, end: int,
     last_fail = ScanResult.SCAN_FAIL
     region = hstart
     while region < hend:
-        if cc.limits or machine.cgroups.margin(mm.memcg) is not None:
+        if cc.limits or kernel.cgroups.margin(mm.memcg) is not None:
             # The RFC's limited collapse, or a memcg with a limit: one region at a time.
-            results = [hpage_collapse_scan_pmd(machine, mm, vma, region, cc, pid)]
+            results = [hpage_collapse_scan_pmd(kernel, mm, vma, region, cc, pid)]
             step = PMD_SIZE
         else:
-            results, step = _collapse_batch(machine, mm, vma, region, hend, cc, pid)
+            results, step = _collapse_batch(kernel, mm, vma, region, hend, cc, pid)
         stop = False
         for result in results:
             if result in (ScanResult.SCAN_SUCCEED, ScanResult.SCAN_PMD_MAPPED):
@@ -204,7 +204,7 @@ def madvise_collapse(machine: "Machine", mm: MM, vma: VMA, start: int, end: int,
                       f"MADV_COLLAPSE failed: {last_fail.name}")
 
 
-def _collapse_batch(machine: "Machine", mm: MM, vma: VMA, start: int, hend: int,
+def _collapse_batch(kernel: "Kernel", mm: MM, vma: VMA, start: int, hend: int,
                     cc: CollapseControl, pid: int) -> tuple[list[ScanResult], int]:
     """Up to 256 regions of MADV_COLLAPSE in one engine call (collapse_run); a region that
     needs swap-in goes through the Python path. Returns the results and the bytes covered."""
@@ -219,7 +219,7 @@ def _collapse_batch(machine: "Machine", mm: MM, vma: VMA, start: int, hend: int,
     codes[missing] = int(ScanResult.SCAN_PMD_NULL)
     counts = np.zeros((n, 4), dtype=np.int16)
     heads = np.zeros(n, dtype=np.uint32)
-    pt = machine.page_tables
+    pt = kernel.page_tables
     pt.reset_stats()
     fast = _engine.PY_ALLOC_WMARK_LOW | _engine.PY_ALLOC_NOFRAGMENT | cc.gfp.alloc_flags()
     slow = _engine.PY_ALLOC_WMARK_MIN | cc.gfp.alloc_flags()
@@ -227,35 +227,35 @@ def _collapse_batch(machine: "Machine", mm: MM, vma: VMA, start: int, hend: int,
                            cc.gfp.direct_reclaim)
     handled = codes[:done]
     made = np.nonzero((handled == ScanResult.SCAN_SUCCEED) & (tids[:done] >= 0))[0]
-    latency = np.where(tids[:done] >= 0, scan_cost(machine), 0).astype(np.int64)
+    latency = np.where(tids[:done] >= 0, scan_cost(kernel), 0).astype(np.int64)
     for i in made:
-        latency[i] = collapse_cost(machine, int(counts[i, 3]), int(counts[i, 0]), 0)
-        machine.charge(int(latency[i]), "collapse")
-    machine.charge(scan_cost(machine), None, int(((tids[:done] >= 0) & (handled != ScanResult.SCAN_SUCCEED)).sum()))
+        latency[i] = collapse_cost(kernel, int(counts[i, 3]), int(counts[i, 0]), 0)
+        kernel.charge(int(latency[i]), "collapse")
+    kernel.charge(scan_cost(kernel), None, int(((tids[:done] >= 0) & (handled != ScanResult.SCAN_SUCCEED)).sum()))
     for i in made:
         region = start + int(i) * PMD_SIZE
         mm.anon_rss -= int(counts[i, 3])              # the released 4 KiB pages
-        map_new_thp(machine, mm, vma, region, int(heads[i]), int(tids[i]))
+        map_new_thp(kernel, mm, vma, region, int(heads[i]), int(tids[i]))
     if made.size:
-        machine.count("thp_collapse_alloc", int(made.size))
+        kernel.count("thp_collapse_alloc", int(made.size))
         mm.memcg.stat_events["thp_collapse_alloc"] += int(made.size)
     failed = int((handled == ScanResult.SCAN_ALLOC_HUGE_PAGE_FAIL).sum())
     if failed:
-        machine.count("thp_collapse_alloc_failed", failed)
+        kernel.count("thp_collapse_alloc_failed", failed)
     for h in pt.partial_heads():
-        machine.folio_partially_mapped(int(h))
+        folio_partially_mapped(kernel, int(h))
     ev = np.zeros(done, dtype=EVENT_DTYPE)
-    ev["time_ns"], ev["pid"], ev["context"] = machine.clock_ns, pid, CONTEXT_MADV_COLLAPSE
+    ev["time_ns"], ev["pid"], ev["context"] = kernel.clock_ns, pid, CONTEXT_MADV_COLLAPSE
     ev["address"] = start + np.arange(done, dtype=np.uint64) * np.uint64(PMD_SIZE)
     ev["result"] = handled
     ev["none_or_zero"], ev["unmapped"], ev["shared"] = counts[:done, 0], counts[:done, 1], counts[:done, 2]
     ev["latency_ns"] = latency
-    machine._collapse_events.append(ev)
+    kernel._collapse_events.append(ev)
     results = [ScanResult(int(c)) for c in handled]
     covered = done * PMD_SIZE
     if done < n and codes[done] in (254, 255):         # swap-in or direct compaction: Python path
         region = start + done * PMD_SIZE
-        results.append(hpage_collapse_scan_pmd(machine, mm, vma, region, cc, pid))
+        results.append(hpage_collapse_scan_pmd(kernel, mm, vma, region, cc, pid))
         covered += PMD_SIZE
     return results, covered
 
@@ -263,8 +263,8 @@ def _collapse_batch(machine: "Machine", mm: MM, vma: VMA, start: int, hend: int,
 class Khugepaged:
     """The khugepaged thread, in simulated time."""
 
-    def __init__(self, machine: "Machine"):
-        self.m = machine
+    def __init__(self, kernel: "Kernel"):
+        self.m = kernel
         self.cursor_mm: MM | None = None
         self.cursor_address = 0
         self.next_wakeup_ns = 0
@@ -438,7 +438,7 @@ class Khugepaged:
         self.next_wakeup_ns = m.clock_ns + max(sleep, 1)
 
     def run_until(self, end_ns: int) -> None:
-        """Run the machine (all its daemons) until end_ns."""
+        """Run the kernel (all its daemons) until end_ns."""
         self.m.run_until(end_ns)
 
     def wait_full_scans(self, n: int = 1, timeout_s: float = 24 * 3600) -> None:
@@ -461,96 +461,9 @@ def _lock_dropped(result: ScanResult) -> bool:
                       ScanResult.SCAN_CGROUP_CHARGE_FAIL, ScanResult.SCAN_FAIL)
 
 
-def default_collapse_control(machine: "Machine", vma: VMA) -> CollapseControl:
+def default_collapse_control(kernel: "Kernel", vma: VMA) -> CollapseControl:
     """MADV_COLLAPSE's allocation: GFP_TRANSHUGE in 6.18; the VMA's fault-time gfp in the
     2022 RFC profile."""
-    if machine.kernel == "rfc-2022":
-        return CollapseControl(False, vma_thp_gfp_mask(machine, vma), limits=False)
+    if kernel.version == "rfc-2022":
+        return CollapseControl(False, vma_thp_gfp_mask(kernel, vma), limits=False)
     return CollapseControl(False, Gfp(direct_reclaim=True, kswapd=False))
-
-
-UIO_MAXIOV = 1024
-MAX_RW_COUNT = 0x7FFFF000                 # INT_MAX & PAGE_MASK
-SSIZE_MAX = (1 << 63) - 1
-REMOTE_ADVICE = {3, 20, 21, 25}           # WILLNEED, COLD, PAGEOUT, COLLAPSE
-
-
-def ptrace_may_access_read(caller, target) -> bool:
-    """PTRACE_MODE_READ_FSCREDS: same uid, or CAP_SYS_PTRACE."""
-    return caller.uid == target.uid or "CAP_SYS_PTRACE" in caller.caps
-
-
-def process_madvise(caller, pidfd: int, iovecs, advice: int, flags: int = 0) -> int:
-    """process_madvise(2) in 6.18 (and the 2022 RFC's flags in the rfc-2022 profile)."""
-    from thpcore.constants import MADV_COLLAPSE, MADV_F_COLLAPSE_DEFRAG, MADV_F_COLLAPSE_LIMITS
-    from thpcore.mm.madvise import do_madvise
-
-    m = caller.machine
-    caller._live()
-    pidfd, advice, flags = int_arg(pidfd, "pidfd"), int_arg(advice, "advice"), int_arg(flags, "flags")
-    rfc = m.kernel == "rfc-2022"
-    allowed_flags = (MADV_F_COLLAPSE_LIMITS | MADV_F_COLLAPSE_DEFRAG) if rfc and advice == MADV_COLLAPSE else 0
-    if flags & ~allowed_flags or flags < 0:
-        raise OSError(errno.EINVAL, "Invalid argument: flags")
-    try:
-        vec = [(int_arg(a, "iov_base"), int_arg(n, "iov_len")) for a, n in iovecs]
-    except (TypeError, ValueError) as exc:
-        raise TypeError("iovecs must be a sequence of (address, length) pairs") from exc
-    if len(vec) > UIO_MAXIOV:
-        raise OSError(errno.EINVAL, "Invalid argument: too many iovecs")
-    total = 0
-    for _, n in vec:
-        if n < 0 or n > SSIZE_MAX or total + n > SSIZE_MAX:
-            raise OSError(errno.EINVAL, "Invalid argument: iovec length")
-        total += n
-    # import_iovec() caps the total at MAX_RW_COUNT, shortening the iovecs that pass it.
-    capped, total = [], 0
-    for addr, n in vec:
-        n = min(n, MAX_RW_COUNT - total)
-        capped.append((addr, n))
-        total += n
-    vec = capped
-    target = caller.fds.get(pidfd)
-    if target is None:
-        raise OSError(errno.EBADF, "Bad file descriptor")
-    if not target.alive:
-        raise ProcessLookupError(errno.ESRCH, "No such process")
-    remote = target.mm is not caller.mm
-    if remote and not ptrace_may_access_read(caller, target):
-        raise PermissionError(errno.EACCES, "Permission denied")
-    if remote and advice not in REMOTE_ADVICE:
-        raise OSError(errno.EINVAL, "Invalid argument: advice not allowed remotely")
-    if remote and "CAP_SYS_NICE" not in caller.caps:
-        raise PermissionError(errno.EPERM, "Operation not permitted: CAP_SYS_NICE required")
-    if rfc and remote and advice == MADV_COLLAPSE and not flags & MADV_F_COLLAPSE_LIMITS \
-            and "CAP_SYS_ADMIN" not in caller.caps:
-        raise PermissionError(errno.EPERM, "Operation not permitted: collapsing another process "
-                                           "without MADV_F_COLLAPSE_LIMITS needs CAP_SYS_ADMIN")
-    done = 0
-    for addr, n in vec:
-        cc = None
-        if rfc and advice == MADV_COLLAPSE:
-            vma_gfp = Gfp(direct_reclaim=True, kswapd=False) if flags & MADV_F_COLLAPSE_DEFRAG else None
-            cc = _RfcControl(m, bool(flags & MADV_F_COLLAPSE_LIMITS), vma_gfp)
-        try:
-            do_madvise(m, target.mm, addr, n, advice, collapse_cc=cc, pid=target.pid)
-        except OSError:
-            if done:
-                return done
-            raise
-        done += n
-    return done
-
-
-class _RfcControl(CollapseControl):
-    """RFC collapse: limits on request; the VMA's fault-time gfp unless DEFRAG was asked for."""
-
-    def __init__(self, machine: "Machine", limits: bool, gfp: Gfp | None):
-        super().__init__(False, gfp or Gfp(direct_reclaim=False, kswapd=False), limits=limits)
-        self._machine = machine
-        self._fixed_gfp = gfp is not None
-
-    def for_vma(self, vma: VMA) -> "CollapseControl":
-        if not self._fixed_gfp:
-            self.gfp = vma_thp_gfp_mask(self._machine, vma)
-        return self

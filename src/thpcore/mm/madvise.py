@@ -6,15 +6,17 @@ import errno
 from typing import TYPE_CHECKING
 
 from thpcore import constants as C
-from thpcore.mm.huge_memory import split_huge_pmds_at
-from thpcore.mm.memory import khugepaged_enter_vma, zap_page_range
+from thpcore.mm.huge_memory import Gfp, split_huge_pmds_at, vma_thp_gfp_mask
+from thpcore.mm.khugepaged import CollapseControl, default_collapse_control, madvise_collapse
+from thpcore.mm.memory import _pte_table, anon_vma_prepare, khugepaged_enter_vma, populate, zap_page_range
+from thpcore.mm.swap import madvise_cold_or_pageout, madvise_free
 from thpcore.mm.mm_types import MM, PMD_KIND_TABLE, pmd_kind, pmd_table_id
 from thpcore.mm.vma import (PAGE_SHIFT, PAGE_SIZE, VM_DONTCOPY, VM_DONTDUMP, VM_HUGEPAGE, VM_LOCKED, VM_NOHUGEPAGE,
                   VM_WIPEONFORK, VMA)
-from thpcore.errors import SegmentationFault, Unsupported
+from thpcore.errors import SegmentationFault, Unsupported, int_arg
 
 if TYPE_CHECKING:
-    from thpcore.machine import Machine
+    from thpcore.mm.kernel import Kernel
 
 VM_SEQ_READ = 0x8000
 VM_RAND_READ = 0x10000
@@ -65,7 +67,7 @@ def check_madvise_args(start: int, length: int, advice: int) -> int | None:
     return None if end == start else end
 
 
-def do_madvise(machine: "Machine", mm: MM, start: int, length: int, advice: int,
+def do_madvise(kernel: "Kernel", mm: MM, start: int, length: int, advice: int,
                collapse_cc=None, pid: int = 0) -> None:
     end = check_madvise_args(start, length, advice)
     if end is None:
@@ -89,22 +91,21 @@ def do_madvise(machine: "Machine", mm: MM, start: int, length: int, advice: int,
             pos = vma.start
         lo, hi = pos, min(end, vma.end)
         if advice == C.MADV_COLLAPSE:
-            from thpcore.mm.khugepaged import default_collapse_control, madvise_collapse
-            cc = collapse_cc or default_collapse_control(machine, vma)
-            madvise_collapse(machine, mm, vma, lo, hi, cc, pid)
+            cc = collapse_cc or default_collapse_control(kernel, vma)
+            madvise_collapse(kernel, mm, vma, lo, hi, cc, pid)
         else:
-            madvise_vma(machine, mm, vma, lo, hi, advice)
+            madvise_vma(kernel, mm, vma, lo, hi, advice)
         pos = hi
     if unmapped:
         raise OSError(errno.ENOMEM, "Cannot allocate memory: range not fully mapped")
 
 
-def _set_vma_flags(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int, set_: int,
+def _set_vma_flags(kernel: "Kernel", mm: MM, vma: VMA, lo: int, hi: int, set_: int,
                    clear: int) -> VMA:
     new_flags = (vma.flags | set_) & ~clear
     if new_flags == vma.flags:
         return vma
-    split_huge_pmds_at(machine, mm, lo, hi)
+    split_huge_pmds_at(kernel, mm, lo, hi)
     mm.vmas.split_at(lo)
     mm.vmas.split_at(hi)
     target = mm.vmas.find(lo)
@@ -113,24 +114,23 @@ def _set_vma_flags(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int, set_:
     return mm.vmas.find(lo)
 
 
-def madvise_guard(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int, install: bool) -> None:
+def madvise_guard(kernel: "Kernel", mm: MM, vma: VMA, lo: int, hi: int, install: bool) -> None:
     """MADV_GUARD_INSTALL / MADV_GUARD_REMOVE (6.13+) on private anonymous memory. Install
     zaps the range (a THP it covers whole is zapped, one it cuts is split first), then puts a
     guard marker in every PTE: an access is SIGSEGV, MADV_DONTNEED and MADV_FREE keep the
     markers, munmap drops them, fork copies them, and to collapse they count as swap entries
     that cannot be faulted in (MADV_COLLAPSE: EINVAL). Remove clears markers only. Install on
     a VM_LOCKED VMA is EINVAL."""
-    from thpcore.mm.memory import _pte_table, anon_vma_prepare
     if install and vma.flags & VM_LOCKED:
         raise OSError(errno.EINVAL, "Invalid argument: guard regions in a locked VMA")
-    pt = machine.page_tables
+    pt = kernel.page_tables
     if install:
-        anon_vma_prepare(machine, vma)           # madvise_guard_install() does, 6.13-6.18
-        zap_page_range(machine, mm, lo, hi)
+        anon_vma_prepare(kernel, vma)           # madvise_guard_install() does, 6.13-6.18
+        zap_page_range(kernel, mm, lo, hi)
         mm.has_guards = True
     for region, a, b in mm.regions(lo, hi):
         if install:
-            tid = _pte_table(machine, mm, region)
+            tid = _pte_table(kernel, mm, region)
         elif pmd_kind(mm.get_pmd(region)) == PMD_KIND_TABLE:
             tid = pmd_table_id(mm.get_pmd(region))
         else:
@@ -138,37 +138,120 @@ def madvise_guard(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int, instal
         pt.guard(tid, (a - region) >> PAGE_SHIFT, (b - region) >> PAGE_SHIFT, install)
 
 
-def madvise_vma(machine: "Machine", mm: MM, vma: VMA, lo: int, hi: int, advice: int) -> None:
+def madvise_vma(kernel: "Kernel", mm: MM, vma: VMA, lo: int, hi: int, advice: int) -> None:
     if advice in FLAG_ADVICE:
         set_, clear = FLAG_ADVICE[advice]
-        vma = _set_vma_flags(machine, mm, vma, lo, hi, set_, clear)
+        vma = _set_vma_flags(kernel, mm, vma, lo, hi, set_, clear)
         if advice == C.MADV_HUGEPAGE:
-            khugepaged_enter_vma(machine, mm, vma)
+            khugepaged_enter_vma(kernel, mm, vma)
         return
     if advice in (C.MADV_DONTNEED, C.MADV_DONTNEED_LOCKED):
         if vma.flags & VM_LOCKED and advice == C.MADV_DONTNEED:
             raise OSError(errno.EINVAL, "Invalid argument: MADV_DONTNEED on a locked VMA")
-        zap_page_range(machine, mm, lo, hi, keep_guards=True)
+        zap_page_range(kernel, mm, lo, hi, keep_guards=True)
         return
     if advice in (MADV_GUARD_INSTALL, MADV_GUARD_REMOVE):
-        madvise_guard(machine, mm, vma, lo, hi, install=advice == MADV_GUARD_INSTALL)
+        madvise_guard(kernel, mm, vma, lo, hi, install=advice == MADV_GUARD_INSTALL)
         return
     if advice in (C.MADV_COLD, C.MADV_PAGEOUT):
         if vma.flags & VM_LOCKED:
             raise OSError(errno.EINVAL, "Invalid argument: locked VMA")
-        from thpcore.mm.swap import madvise_cold_or_pageout
-        madvise_cold_or_pageout(machine, mm, vma, lo, hi, pageout=advice == C.MADV_PAGEOUT)
+        madvise_cold_or_pageout(kernel, mm, vma, lo, hi, pageout=advice == C.MADV_PAGEOUT)
         return
     if advice == C.MADV_FREE:
         if vma.flags & VM_LOCKED:
             raise OSError(errno.EINVAL, "Invalid argument: MADV_FREE on a locked VMA")
-        from thpcore.mm.swap import madvise_free
-        madvise_free(machine, mm, vma, lo, hi)
+        madvise_free(kernel, mm, vma, lo, hi)
         return
     if advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE):
         try:
-            machine.populate(mm, vma, lo, hi, write=advice == C.MADV_POPULATE_WRITE)
+            populate(kernel, mm, vma, lo, hi, write=advice == C.MADV_POPULATE_WRITE)
         except SegmentationFault as e:      # a guard region: VM_FAULT_SIGSEGV is -EFAULT here
             raise OSError(errno.EFAULT, f"Bad address: populating stopped at {e.addr:#x}") from None
         return
     # MADV_WILLNEED on anonymous memory: swap readahead only, no visible state change here.
+
+
+# ---- process_madvise(2): the remote entry point ----------------------------------------
+
+UIO_MAXIOV = 1024
+MAX_RW_COUNT = 0x7FFFF000                 # INT_MAX & PAGE_MASK
+SSIZE_MAX = (1 << 63) - 1
+REMOTE_ADVICE = {3, 20, 21, 25}           # WILLNEED, COLD, PAGEOUT, COLLAPSE
+
+
+def ptrace_may_access_read(caller, target) -> bool:
+    """PTRACE_MODE_READ_FSCREDS: same uid, or CAP_SYS_PTRACE."""
+    return caller.uid == target.uid or "CAP_SYS_PTRACE" in caller.caps
+
+
+def process_madvise(kernel: "Kernel", caller, pidfd: int, iovecs, advice: int, flags: int = 0) -> int:
+    """process_madvise(2) in 6.18 (and the 2022 RFC's flags in the rfc-2022 profile)."""
+    caller._live()
+    pidfd, advice, flags = int_arg(pidfd, "pidfd"), int_arg(advice, "advice"), int_arg(flags, "flags")
+    rfc = kernel.version == "rfc-2022"
+    allowed_flags = (C.MADV_F_COLLAPSE_LIMITS | C.MADV_F_COLLAPSE_DEFRAG) if rfc and advice == C.MADV_COLLAPSE else 0
+    if flags & ~allowed_flags or flags < 0:
+        raise OSError(errno.EINVAL, "Invalid argument: flags")
+    try:
+        vec = [(int_arg(a, "iov_base"), int_arg(n, "iov_len")) for a, n in iovecs]
+    except (TypeError, ValueError) as exc:
+        raise TypeError("iovecs must be a sequence of (address, length) pairs") from exc
+    if len(vec) > UIO_MAXIOV:
+        raise OSError(errno.EINVAL, "Invalid argument: too many iovecs")
+    total = 0
+    for _, n in vec:
+        if n < 0 or n > SSIZE_MAX or total + n > SSIZE_MAX:
+            raise OSError(errno.EINVAL, "Invalid argument: iovec length")
+        total += n
+    # import_iovec() caps the total at MAX_RW_COUNT, shortening the iovecs that pass it.
+    capped, total = [], 0
+    for addr, n in vec:
+        n = min(n, MAX_RW_COUNT - total)
+        capped.append((addr, n))
+        total += n
+    vec = capped
+    target = caller.fds.get(pidfd)
+    if target is None:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+    if not target.alive:
+        raise ProcessLookupError(errno.ESRCH, "No such process")
+    remote = target.mm is not caller.mm
+    if remote and not ptrace_may_access_read(caller, target):
+        raise PermissionError(errno.EACCES, "Permission denied")
+    if remote and advice not in REMOTE_ADVICE:
+        raise OSError(errno.EINVAL, "Invalid argument: advice not allowed remotely")
+    if remote and "CAP_SYS_NICE" not in caller.caps:
+        raise PermissionError(errno.EPERM, "Operation not permitted: CAP_SYS_NICE required")
+    if rfc and remote and advice == C.MADV_COLLAPSE and not flags & C.MADV_F_COLLAPSE_LIMITS \
+            and "CAP_SYS_ADMIN" not in caller.caps:
+        raise PermissionError(errno.EPERM, "Operation not permitted: collapsing another process "
+                                           "without C.MADV_F_COLLAPSE_LIMITS needs CAP_SYS_ADMIN")
+    done = 0
+    for addr, n in vec:
+        cc = None
+        if rfc and advice == C.MADV_COLLAPSE:
+            vma_gfp = Gfp(direct_reclaim=True, kswapd=False) if flags & C.MADV_F_COLLAPSE_DEFRAG else None
+            cc = _RfcControl(kernel, bool(flags & C.MADV_F_COLLAPSE_LIMITS), vma_gfp)
+        try:
+            do_madvise(kernel, target.mm, addr, n, advice, collapse_cc=cc, pid=target.pid)
+        except OSError:
+            if done:
+                return done
+            raise
+        done += n
+    return done
+
+
+class _RfcControl(CollapseControl):
+    """RFC collapse: limits on request; the VMA's fault-time gfp unless DEFRAG was asked for."""
+
+    def __init__(self, kernel: "Kernel", limits: bool, gfp: Gfp | None):
+        super().__init__(False, gfp or Gfp(direct_reclaim=False, kswapd=False), limits=limits)
+        self._kernel = kernel
+        self._fixed_gfp = gfp is not None
+
+    def for_vma(self, vma: VMA) -> "CollapseControl":
+        if not self._fixed_gfp:
+            self.gfp = vma_thp_gfp_mask(self._kernel, vma)
+        return self

@@ -7,10 +7,12 @@ import errno
 import posixpath
 from typing import TYPE_CHECKING
 
+from thpcore.mm.oom_kill import oom_kill
+from thpcore.mm.vmscan import SWAP_CLUSTER_MAX, try_to_free_mem_cgroup_pages
 from thpcore.units import PAGE_SIZE, parse_size
 
 if TYPE_CHECKING:
-    from thpcore.machine import Machine
+    from thpcore.mm.kernel import Kernel
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 MAX_RECLAIM_RETRIES = 16
@@ -49,8 +51,8 @@ class MemCgroup:
 class CgroupTree:
     """m.cgroups: create("batch"), create("batch/low"), get(path)."""
 
-    def __init__(self, machine: "Machine"):
-        self.m = machine
+    def __init__(self, kernel: "Kernel"):
+        self.m = kernel
         self.root = MemCgroup(0, "", None)
         self.by_path = {"": self.root}
         self._next_id = 1
@@ -117,7 +119,6 @@ class CgroupTree:
             limiting.events["max"] += 1
             if not can_reclaim:
                 return False
-            from thpcore.mm.vmscan import try_to_free_mem_cgroup_pages
             got = try_to_free_mem_cgroup_pages(self.m, limiting,
                                                max(nr, MEMCG_CHARGE_BATCH))
             if not got:
@@ -129,7 +130,6 @@ class CgroupTree:
         batches of a quarter of what is left (at least SWAP_CLUSTER_MAX pages); EAGAIN once
         MAX_RECLAIM_RETRIES rounds in a row got nothing. The swappiness key is checked and
         otherwise ignored (anon and lazyfree pages are reclaimed as without it)."""
-        from thpcore.mm.vmscan import SWAP_CLUSTER_MAX, try_to_free_mem_cgroup_pages
         tokens = data.split()
         if not tokens:
             raise OSError(errno.EINVAL, "Invalid argument", "memory.reclaim")
@@ -205,7 +205,6 @@ class CgroupTree:
         cg.max_pages = pages
         self.any_max = self.any_max or pages is not None
         # memory_max_write(): reclaim down to the new limit, then OOM-kill inside the cgroup.
-        from thpcore.mm.vmscan import try_to_free_mem_cgroup_pages
         retries = MAX_RECLAIM_RETRIES
         while pages is not None and self.usage_pages(cg) > pages:
             if try_to_free_mem_cgroup_pages(self.m, cg, self.usage_pages(cg) - pages):
@@ -214,6 +213,6 @@ class CgroupTree:
                 retries -= 1
                 continue
             cg.events["oom"] += 1
-            if not self.m.oom_kill(cg):
+            if not oom_kill(self.m, cg):
                 break
         return len(data)

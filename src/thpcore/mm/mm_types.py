@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from thpcore import _engine
-from thpcore.mm.vma import PMD_SHIFT, PMD_SIZE, PUD_SHIFT, VMAList
+from thpcore.mm.vma import PMD_SHIFT, PMD_SIZE, PUD_SHIFT, VM_LOCKED, VMAList
 
 if TYPE_CHECKING:
-    from thpcore.machine import Machine
+    from thpcore.mm.kernel import Kernel
     from thpcore.mm.memcontrol import MemCgroup
 
 PMD_KIND_MASK = 0x3
@@ -49,8 +49,8 @@ def make_huge_zero_pmd(deposit: int) -> int:
 class MM:
     """An address space. PMD entries live in one uint64[512] array per GiB of address space."""
 
-    def __init__(self, machine: "Machine"):
-        self.machine = machine
+    def __init__(self, kernel: "Kernel"):
+        self.kernel = kernel
         self.vmas = VMAList()
         self.pmd_dir: dict[int, np.ndarray] = {}
         self.anon_rss = 0                  # MM_ANONPAGES, in pages
@@ -65,7 +65,6 @@ class MM:
     @property
     def locked_vm(self) -> int:
         """mm->locked_vm (VmLck), in pages: the VM_LOCKED VMAs' sizes."""
-        from thpcore.mm.vma import VM_LOCKED
         return sum((v.end - v.start) >> 12 for v in self.vmas if v.flags & VM_LOCKED)
 
     # ---- PMD directory ---------------------------------------------------------------------
@@ -127,7 +126,7 @@ class MM:
         """The address of the first guard marker in [start, end), or None."""
         if not self.has_guards:
             return None
-        pt = self.machine.page_tables
+        pt = self.kernel.page_tables
         for region, lo, hi in self.regions(start, end):
             entry = self.get_pmd(region)
             if pmd_kind(entry) != PMD_KIND_TABLE:

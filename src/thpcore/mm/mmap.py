@@ -15,7 +15,7 @@ from thpcore.mm.vma import (MMAP_BASE, MMAP_MIN_ADDR, PAGE_SIZE, PMD_SIZE, TASK_
                   prot_to_vm_flags)
 
 if TYPE_CHECKING:
-    from thpcore.machine import Machine
+    from thpcore.mm.kernel import Kernel
 
 KNOWN_MAP_FLAGS = (MAP_SHARED | MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS | MAP_NORESERVE
                    | MAP_POPULATE | MAP_FIXED_NOREPLACE)
@@ -50,7 +50,7 @@ def get_unmapped_area(mm: MM, length: int, hint: int | None) -> int:
     return addr
 
 
-def do_mmap(machine: "Machine", mm: MM, length: int, prot: int, flags: int,
+def do_mmap(kernel: "Kernel", mm: MM, length: int, prot: int, flags: int,
             addr: int | None) -> int:
     if flags & ~KNOWN_MAP_FLAGS:
         raise _einval(f"unknown mmap flags {flags & ~KNOWN_MAP_FLAGS:#x}")
@@ -77,7 +77,7 @@ def do_mmap(machine: "Machine", mm: MM, length: int, prot: int, flags: int,
                 and mm.vmas.overlapping(addr, addr + length):
             raise OSError(errno.EEXIST, "File exists: MAP_FIXED_NOREPLACE range is in use")
         start = addr
-        do_munmap(machine, mm, start, length)
+        do_munmap(kernel, mm, start, length)
     else:
         start = get_unmapped_area(mm, length, addr)
     vm_flags = prot_to_vm_flags(prot) | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
@@ -91,7 +91,7 @@ def do_mmap(machine: "Machine", mm: MM, length: int, prot: int, flags: int,
     return start
 
 
-def do_munmap(machine: "Machine", mm: MM, start: int, length: int) -> None:
+def do_munmap(kernel: "Kernel", mm: MM, start: int, length: int) -> None:
     if start % PAGE_SIZE or length <= 0:
         raise _einval("munmap needs a page-aligned start and a positive length")
     length = page_align(length)
@@ -100,12 +100,12 @@ def do_munmap(machine: "Machine", mm: MM, start: int, length: int) -> None:
         raise _einval("range outside the user address space")
     if not mm.vmas.overlapping(start, end):
         return
-    zap_page_range(machine, mm, start, end)
+    zap_page_range(kernel, mm, start, end)
     mm.vmas.remove_range(start, end)
-    free_pgtables(machine, mm, start, end)
+    free_pgtables(kernel, mm, start, end)
 
 
-def do_mprotect(machine: "Machine", mm: MM, start: int, length: int, prot: int) -> None:
+def do_mprotect(kernel: "Kernel", mm: MM, start: int, length: int, prot: int) -> None:
     if start % PAGE_SIZE:
         raise _einval("mprotect needs a page-aligned start")
     if prot & ~KNOWN_PROT:
@@ -120,7 +120,7 @@ def do_mprotect(machine: "Machine", mm: MM, start: int, length: int, prot: int) 
         raise OSError(errno.ENOMEM, "Cannot allocate memory: range not fully mapped")
     new = prot_to_vm_flags(prot)
     # Huge PMDs cut by the range boundaries are split (change_pmd_range -> __split_huge_pmd).
-    split_huge_pmds_at(machine, mm, start, end)
+    split_huge_pmds_at(kernel, mm, start, end)
     mm.vmas.split_at(start)
     mm.vmas.split_at(end)
     removing_write = False
@@ -128,13 +128,13 @@ def do_mprotect(machine: "Machine", mm: MM, start: int, length: int, prot: int) 
         removing_write |= bool(v.flags & VM_WRITE) and not new & VM_WRITE
         v.flags = (v.flags & ~0x7) | new
     if removing_write:
-        write_protect_range(machine, mm, start, end)
+        write_protect_range(kernel, mm, start, end)
     mm.vmas.merge_around(start, end)
 
 
-def write_protect_range(machine: "Machine", mm: MM, start: int, end: int) -> None:
+def write_protect_range(kernel: "Kernel", mm: MM, start: int, end: int) -> None:
     """change_protection() removing write: clear the write bit of every PTE and huge PMD."""
-    pt = machine.page_tables
+    pt = kernel.page_tables
     for region, lo, hi in mm.regions(start, end):
         entry = mm.get_pmd(region)
         kind = pmd_kind(entry)
@@ -146,3 +146,16 @@ def write_protect_range(machine: "Machine", mm: MM, start: int, end: int) -> Non
             seg = table[i0:i1]
             present = (seg & 1) != 0
             seg[present] &= ~0x8 & 0xFFFFFFFF
+
+
+def exit_mmap(kernel: "Kernel", mm: MM) -> None:
+    """exit_mmap(): unmap everything, free the page tables, leave khugepaged's list."""
+    for vma in list(mm.vmas):
+        zap_page_range(kernel, mm, vma.start, vma.end)
+    ranges = [(v.start, v.end) for v in mm.vmas]
+    mm.vmas.remove_range(0, TASK_SIZE)
+    for start, end in ranges:
+        free_pgtables(kernel, mm, start, end)
+    if mm.registered:
+        kernel.khugepaged.mm_exit(mm)
+        mm.registered = False

@@ -14,14 +14,14 @@ import numpy as np
 
 from thpcore.constants import MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE
 from thpcore.mm.huge_memory import split_huge_pmd, split_huge_pmds_at
-from thpcore.mm.memory import _pte_table
+from thpcore.mm.memory import _pte_table, populate
 from thpcore.mm.mm_types import (MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, pmd_huge_pfn, pmd_kind,
                  pmd_table_id)
 from thpcore.mm.mmap import do_munmap, get_unmapped_area, page_align
 from thpcore.mm.vma import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE, VM_LOCKED, VM_WRITE, VMA
 
 if TYPE_CHECKING:
-    from thpcore.machine import Machine
+    from thpcore.mm.kernel import Kernel
 
 
 WORD = (1 << 64) - 1
@@ -56,10 +56,10 @@ def check_mremap_params(addr: int, old_len: int, new_len: int, flags: int,
         raise _einval("new range overlaps the old one")
 
 
-def do_mremap(machine: "Machine", mm: MM, addr: int, old_len: int, new_len: int, flags: int,
+def do_mremap(kernel: "Kernel", mm: MM, addr: int, old_len: int, new_len: int, flags: int,
               new_addr: int = 0) -> int:
     """mremap(2); returns the (possibly new) address or raises OSError with the errno.
-    Arguments are unsigned machine words, as the system call sees them."""
+    Arguments are unsigned kernel words, as the system call sees them."""
     addr, new_addr = addr & WORD, new_addr & WORD
     old_len, new_len = page_align(old_len & WORD) & WORD, page_align(new_len & WORD) & WORD
     check_mremap_params(addr, old_len, new_len, flags, new_addr)
@@ -69,10 +69,10 @@ def do_mremap(machine: "Machine", mm: MM, addr: int, old_len: int, new_len: int,
     if not old_len:
         raise _einval("old_size 0 duplicates shared mappings only")
     if flags & (MREMAP_FIXED | MREMAP_DONTUNMAP):
-        return _mremap_to(machine, mm, addr, old_len, new_len, flags, new_addr)
+        return _mremap_to(kernel, mm, addr, old_len, new_len, flags, new_addr)
     if old_len >= new_len:
         if old_len > new_len:
-            do_munmap(machine, mm, addr + new_len, old_len - new_len)
+            do_munmap(kernel, mm, addr + new_len, old_len - new_len)
         return addr
     # Grow: the old range must lie in one VMA.
     if old_len > vma.end - addr:
@@ -83,20 +83,20 @@ def do_mremap(machine: "Machine", mm: MM, addr: int, old_len: int, new_len: int,
         old_end = vma.end
         vma.end += delta                              # vma_expand()
         mm.vmas.merge_around(vma.start, vma.end)
-        _grown(machine, mm, vma, old_end, vma.end)
+        _grown(kernel, mm, vma, old_end, vma.end)
         return addr
     if not flags & MREMAP_MAYMOVE:
         raise OSError(errno.ENOMEM, "Cannot allocate memory: no room to grow in place")
     new_addr = get_unmapped_area(mm, new_len, None)
-    return move_vma(machine, mm, vma, addr, old_len, new_len, new_addr, dontunmap=False)
+    return move_vma(kernel, mm, vma, addr, old_len, new_len, new_addr, dontunmap=False)
 
 
-def _mremap_to(machine, mm, addr, old_len, new_len, flags, new_addr) -> int:
+def _mremap_to(kernel, mm, addr, old_len, new_len, flags, new_addr) -> int:
     """mremap_to(): MREMAP_FIXED unmaps the target first; a shrink unmaps the tail first."""
     if flags & MREMAP_FIXED:
-        do_munmap(machine, mm, new_addr, new_len)
+        do_munmap(kernel, mm, new_addr, new_len)
     if old_len > new_len:
-        do_munmap(machine, mm, addr + new_len, old_len - new_len)
+        do_munmap(kernel, mm, addr + new_len, old_len - new_len)
         old_len = new_len
     vma = mm.vmas.find(addr)
     if vma is None:
@@ -105,57 +105,57 @@ def _mremap_to(machine, mm, addr, old_len, new_len, flags, new_addr) -> int:
         raise OSError(errno.EFAULT, "Bad address: old range spans more than one mapping")
     if not flags & MREMAP_FIXED:
         new_addr = get_unmapped_area(mm, new_len, None)
-    return move_vma(machine, mm, vma, addr, old_len, new_len, new_addr,
+    return move_vma(kernel, mm, vma, addr, old_len, new_len, new_addr,
                     dontunmap=bool(flags & MREMAP_DONTUNMAP))
 
 
-def move_vma(machine: "Machine", mm: MM, vma: VMA, old_addr: int, old_len: int, new_len: int,
+def move_vma(kernel: "Kernel", mm: MM, vma: VMA, old_addr: int, old_len: int, new_len: int,
              new_addr: int, dontunmap: bool) -> int:
     """copy_vma() + move_page_tables() + unmapping the old range (unless DONTUNMAP)."""
     old_end = old_addr + old_len
     # The moved part becomes its own VMA; a huge PMD cut by its edges is split first.
-    split_huge_pmds_at(machine, mm, old_addr, old_end)
+    split_huge_pmds_at(kernel, mm, old_addr, old_end)
     mm.vmas.split_at(old_addr)
     mm.vmas.split_at(old_end)
     src = mm.vmas.find(old_addr)
     new = VMA(new_addr, new_addr + new_len, src.flags, src.anon_vma)
     mm.vmas.insert(new)
-    move_page_tables(machine, mm, old_addr, new_addr, old_len)
+    move_page_tables(kernel, mm, old_addr, new_addr, old_len)
     if dontunmap:
         src.flags &= ~VM_LOCKED                       # the old VMA stays, empty and unlocked
     else:
-        do_munmap(machine, mm, old_addr, old_len)
+        do_munmap(kernel, mm, old_addr, old_len)
     mm.vmas.merge_around(new_addr, new_addr + new_len)
     if new_len > old_len:
-        _grown(machine, mm, mm.vmas.find(new_addr), new_addr + old_len, new_addr + new_len)
+        _grown(kernel, mm, mm.vmas.find(new_addr), new_addr + old_len, new_addr + new_len)
     return new_addr
 
 
-def _grown(machine: "Machine", mm: MM, vma: VMA, start: int, end: int) -> None:
+def _grown(kernel: "Kernel", mm: MM, vma: VMA, start: int, end: int) -> None:
     """A VM_LOCKED mapping that grew is populated (mlock_future; locked_vm follows the VMA)."""
     if vma is not None and vma.flags & VM_LOCKED:
-        machine.populate(mm, vma, start, end, write=bool(vma.flags & VM_WRITE))
+        populate(kernel, mm, vma, start, end, write=bool(vma.flags & VM_WRITE))
 
 
-def _note_thp_region(machine: "Machine", head: int, region: int) -> None:
-    machine.thp_moved.setdefault(head, set()).add(region)
+def _note_thp_region(kernel: "Kernel", head: int, region: int) -> None:
+    kernel.thp_moved.setdefault(head, set()).add(region)
 
 
-def _note_ptes_region(machine: "Machine", ptes, region: int) -> None:
+def _note_ptes_region(kernel: "Kernel", ptes, region: int) -> None:
     """THP pages among these PTEs are now (also) mapped from region."""
     present = ptes[(ptes & 1) != 0] >> 4
     if not present.size:
         return
-    frames = machine.page_alloc.zone.frames()
+    frames = kernel.page_alloc.zone.frames()
     heads = np.unique(present & ~np.uint32(511)).astype(np.int64)
     for head in heads[(frames["order"][heads] == 9) & ((frames["flags"][heads] & 0x2) != 0)]:
-        _note_thp_region(machine, int(head), region)
+        _note_thp_region(kernel, int(head), region)
 
 
-def move_page_tables(machine: "Machine", mm: MM, old_addr: int, new_addr: int,
+def move_page_tables(kernel: "Kernel", mm: MM, old_addr: int, new_addr: int,
                      length: int) -> None:
     """Move the mappings of [old_addr, old_addr + length) to new_addr, extent by extent."""
-    pt = machine.page_tables
+    pt = kernel.page_tables
     done = 0
     while done < length:
         old, new = old_addr + done, new_addr + done
@@ -173,21 +173,21 @@ def move_page_tables(machine: "Machine", mm: MM, old_addr: int, new_addr: int,
             mm.set_pmd(new_region, entry)
             mm.set_pmd(old_region, 0)
             if kind == PMD_KIND_HUGE:
-                _note_thp_region(machine, pmd_huge_pfn(entry), new_region)
+                _note_thp_region(kernel, pmd_huge_pfn(entry), new_region)
             elif kind == PMD_KIND_TABLE:
-                _note_ptes_region(machine, pt.table(pmd_table_id(entry)), new_region)
+                _note_ptes_region(kernel, pt.table(pmd_table_id(entry)), new_region)
         else:
             if kind in (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO):
-                split_huge_pmd(machine, mm, old_region)
+                split_huge_pmd(kernel, mm, old_region)
                 entry = mm.get_pmd(old_region)
             i0, n = (old - old_region) >> PAGE_SHIFT, extent >> PAGE_SHIFT
             # pte_alloc() at the destination whenever the source has a table, moved PTEs or
             # not; first, as allocating may grow the pool (a view taken before goes stale).
-            dst = pt.table(_pte_table(machine, mm, new_region))
+            dst = pt.table(_pte_table(kernel, mm, new_region))
             seg = pt.table(pmd_table_id(entry))[i0:i0 + n]
             if seg.any():
                 j0 = (new - new_region) >> PAGE_SHIFT
                 dst[j0:j0 + n] = seg                     # move_ptes(): rmap and RSS unchanged
-                _note_ptes_region(machine, seg, new_region)
+                _note_ptes_region(kernel, seg, new_region)
                 seg[:] = 0
         done += extent

@@ -98,7 +98,7 @@ def fragmentation_index(free_area: np.ndarray, order: int) -> int:
 
 
 class PageAllocator:
-    """The zone and its watermark policy, as one Machine sees it."""
+    """The zone and its watermark policy, as one Kernel sees it."""
 
     def __init__(self, nr_pages: int):
         self.zone = _engine.Zone(nr_pages)

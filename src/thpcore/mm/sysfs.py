@@ -294,7 +294,7 @@ class ThpSettings(KnobGroup):
             sizes[order] = cls(on_change, size_dir(order) + "/", order)
             object.__setattr__(self, size_dir(order).replace("-", "_"), sizes[order])
         object.__setattr__(self, "sizes", sizes)
-        # machine-provided reader of the gauges (nr_anon...): (order, name) -> int
+        # kernel-provided reader of the gauges (nr_anon...): (order, name) -> int
         object.__setattr__(self, "gauge", None)
 
     def per_size(self, order: int) -> PerSizeSettings:

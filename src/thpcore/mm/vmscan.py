@@ -9,32 +9,32 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 
-from thpcore.mm.huge_memory import HPAGE_PMD_NR, deferred_split_scan
+from thpcore.mm.huge_memory import HPAGE_PMD_NR, deferred_split_scan, split_folio
+from thpcore.mm.swap import _is_lazyfree_thp, reclaim_lazyfree_thp
 from thpcore.mm.mm_types import PMD_KIND_HUGE, PMD_KIND_TABLE, PMD_YOUNG, pmd_huge_pfn, pmd_kind, pmd_table_id
 
 if TYPE_CHECKING:
-    from thpcore.machine import Machine
+    from thpcore.mm.kernel import Kernel
     from thpcore.mm.memcontrol import MemCgroup
 
 SWAP_CLUSTER_MAX = 32
 
 
-def _scope(machine: "Machine", memcg: "MemCgroup | None"):
+def _scope(kernel: "Kernel", memcg: "MemCgroup | None"):
     ids = None if memcg is None else {c.id for c in memcg.subtree()}
-    procs = [p for p in machine.processes() if ids is None or p.memcg.id in ids]
+    procs = [p for p in kernel.processes() if ids is None or p.memcg.id in ids]
     return ids, procs
 
 
-def shrink_anon(machine: "Machine", want: int, memcg: "MemCgroup | None") -> int:
+def shrink_anon(kernel: "Kernel", want: int, memcg: "MemCgroup | None") -> int:
     """Two CLOCK sweeps at most: the first may only clear accessed bits. Without swap only
     lazyfree (MADV_FREE) pages are looked at: the kernel keeps them on the file LRU."""
-    from thpcore.mm.swap import _is_lazyfree_thp, reclaim_lazyfree_thp
-    can_swap = machine.swap_bytes > 0
-    zone = machine.page_alloc.zone
+    can_swap = kernel.swap_bytes > 0
+    zone = kernel.page_alloc.zone
     if not can_swap and not zone.lazyfree_bits().any():
         return 0                          # nothing this pass could free: skip the walk
-    ids, procs = _scope(machine, memcg)
-    pt = machine.page_tables
+    ids, procs = _scope(kernel, memcg)
+    pt = kernel.page_tables
     freed = 0
     for _sweep in range(2):
         for p in procs:
@@ -47,7 +47,7 @@ def shrink_anon(machine: "Machine", want: int, memcg: "MemCgroup | None") -> int
                     head = pmd_huge_pfn(entry)
                     if ids is not None and zone.frames()["memcg"][head] not in ids:
                         continue
-                    lazy = _is_lazyfree_thp(machine, head)
+                    lazy = _is_lazyfree_thp(kernel, head)
                     if not lazy and not can_swap:
                         continue
                     if entry & PMD_YOUNG:
@@ -57,12 +57,12 @@ def shrink_anon(machine: "Machine", want: int, memcg: "MemCgroup | None") -> int
                     if (mapcount != 1).any():
                         continue
                     if lazy:
-                        if reclaim_lazyfree_thp(machine, mm, region):
+                        if reclaim_lazyfree_thp(kernel, mm, region):
                             freed += HPAGE_PMD_NR
                         continue
                     # A THP on a swap file is split before swap-out (thp_swpout_fallback).
-                    machine.count("thp_swpout_fallback")
-                    machine.split_folio(head)
+                    kernel.count("thp_swpout_fallback")
+                    split_folio(kernel, head)
                     entry = mm.get_pmd(region)
                     kind = pmd_kind(entry)
                 if kind != PMD_KIND_TABLE:
@@ -74,41 +74,41 @@ def shrink_anon(machine: "Machine", want: int, memcg: "MemCgroup | None") -> int
                 st = pt.get_stats()
                 mm.anon_rss -= st["rss_removed"]
                 mm.swap_ents += st["swapped_out"]
-                machine.count("pswpout", st["swapped_out"])
-                machine.count("pglazyfreed", st["lazyfreed"])
-                machine.charge(machine.costs.swap_out_4k_ns, None, st["swapped_out"])
+                kernel.count("pswpout", st["swapped_out"])
+                kernel.count("pglazyfreed", st["lazyfreed"])
+                kernel.charge(kernel.costs.swap_out_4k_ns, None, st["swapped_out"])
                 freed += got
     return freed
 
 
-def shrink_node(machine: "Machine", want: int, memcg: "MemCgroup | None" = None) -> int:
+def shrink_node(kernel: "Kernel", want: int, memcg: "MemCgroup | None" = None) -> int:
     """One reclaim round: the THP shrinker first (cheap), then anonymous pages."""
-    freed = deferred_split_scan(machine, want, memcg)
+    freed = deferred_split_scan(kernel, want, memcg)
     if freed < want:
-        freed += shrink_anon(machine, want - freed, memcg)
+        freed += shrink_anon(kernel, want - freed, memcg)
     return freed
 
 
-def try_to_free_mem_cgroup_pages(machine: "Machine", memcg: "MemCgroup", want: int) -> int:
-    return shrink_node(machine, want, memcg)
+def try_to_free_mem_cgroup_pages(kernel: "Kernel", memcg: "MemCgroup", want: int) -> int:
+    return shrink_node(kernel, want, memcg)
 
 
-def try_to_free_pages(machine: "Machine", want: int = SWAP_CLUSTER_MAX) -> int:
+def try_to_free_pages(kernel: "Kernel", want: int = SWAP_CLUSTER_MAX) -> int:
     """Direct reclaim for a failing allocation."""
-    machine.count("allocstall_normal")
-    return shrink_node(machine, want)
+    kernel.count("allocstall_normal")
+    return shrink_node(kernel, want)
 
 
-def balance_pgdat(machine: "Machine") -> int:
+def balance_pgdat(kernel: "Kernel") -> int:
     """kswapd: reclaim until free memory is back above the high watermark (plus boost)."""
-    zone = machine.page_alloc.zone
+    zone = kernel.page_alloc.zone
     freed = 0
-    with machine.acting("kswapd"):
+    with kernel.acting("kswapd"):
         for _ in range(64):
             target = zone.watermarks()[2] + zone.watermark_boost
             if zone.nr_free_pages > target:
                 break
-            got = shrink_node(machine, max(target - zone.nr_free_pages, SWAP_CLUSTER_MAX))
+            got = shrink_node(kernel, max(target - zone.nr_free_pages, SWAP_CLUSTER_MAX))
             if not got:
                 break
             freed += got
