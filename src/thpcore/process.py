@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from thpcore import _engine
+import thpcore._engine as _engine
 from thpcore.constants import (MAP_ANONYMOUS, MAP_POPULATE, MAP_PRIVATE, PR_GET_THP_DISABLE,
                         PR_SET_THP_DISABLE, PR_THP_DISABLE_EXCEPT_ADVISED, PROT_READ, PROT_WRITE)
 from thpcore.errors import SegmentationFault, int_arg

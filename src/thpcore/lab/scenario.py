@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from thpcore import _engine
+import thpcore._engine as _engine
 from thpcore.machine import Machine
 from thpcore.lab.workloads import KINDS, fleet, fragment, make
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from thpcore import _engine
+import thpcore._engine as _engine
 from thpcore.constants import MADV_HUGEPAGE
 from thpcore.machine import Machine
 from thpcore.policy.uhugepaged import POLICIES, SimHost, load_policy, run

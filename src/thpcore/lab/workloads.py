@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from thpcore import _engine
+import thpcore._engine as _engine
 from thpcore.constants import MADV_COLLAPSE, MADV_DONTNEED, MADV_HUGEPAGE
 from thpcore.units import parse_size
 

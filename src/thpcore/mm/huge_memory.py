@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from thpcore import _engine
+import thpcore._engine as _engine
 from thpcore.mm.mm_types import (MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, PMD_WRITE, PMD_YOUNG,
                  make_huge_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind, pmd_table_id)
 from thpcore.mm.vma import PMD_SIZE, VM_HUGEPAGE, VM_LOCKED, VM_NOHUGEPAGE, VM_WRITE, VMA

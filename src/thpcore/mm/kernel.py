@@ -11,7 +11,7 @@ import errno
 
 import numpy as np
 
-from thpcore import _engine
+import thpcore._engine as _engine
 from thpcore.costs import Accounting, CostModel
 from thpcore.mm.compaction import Compaction
 from thpcore.mm.huge_memory import folio_order

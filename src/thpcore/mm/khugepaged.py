@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from thpcore import _engine
+import thpcore._engine as _engine
 from thpcore.mm.huge_memory import (HPAGE_PMD_NR, TVA, Gfp, folio_partially_mapped, map_new_thp, thp_vma_allowable,
                           vma_thp_gfp_mask)
 from thpcore.mm.memory import charge_thp

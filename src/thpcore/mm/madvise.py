@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-from thpcore import constants as C
+import thpcore.constants as C
 from thpcore.mm.huge_memory import Gfp, split_huge_pmds_at, vma_thp_gfp_mask
 from thpcore.mm.khugepaged import CollapseControl, default_collapse_control, madvise_collapse
 from thpcore.mm.memory import _pte_table, anon_vma_prepare, khugepaged_enter_vma, populate, zap_page_range

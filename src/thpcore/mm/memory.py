@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from thpcore import _engine
+import thpcore._engine as _engine
 from thpcore.mm.huge_memory import (HPAGE_PMD_NR, TVA, folio_partially_mapped, get_huge_zero_folio, map_new_thp,
                           region_in_vma, split_huge_pmd, thp_vma_allowable,
                           thp_vma_allowable_mthp_orders, vma_thp_gfp_mask, zap_huge_pmd)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from thpcore import _engine
+import thpcore._engine as _engine
 from thpcore.mm.vma import PMD_SHIFT, PMD_SIZE, PUD_SHIFT, VM_LOCKED, VMAList
 
 if TYPE_CHECKING:

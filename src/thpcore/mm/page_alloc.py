@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from thpcore import _engine
+import thpcore._engine as _engine
 from thpcore.constants import PAGEBLOCK_ORDER
 
 PAGEBLOCK_NR_PAGES = 1 << PAGEBLOCK_ORDER

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from thpcore import _engine
+import thpcore._engine as _engine
 from thpcore.mm.compaction import CompactResult, Priority
 from thpcore.mm.huge_memory import Gfp
 from thpcore.mm.vmscan import try_to_free_pages

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from thpcore import _engine
+import thpcore._engine as _engine
 from thpcore.mm.huge_memory import TVA, thp_vma_allowable
 from thpcore.mm.mm_types import MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, PMD_YOUNG, pmd_huge_pfn, pmd_kind, pmd_table_id
 from thpcore.mm.vma import PAGE_SHIFT, PMD_SIZE, VM_LOCKED, VMFLAG_NAMES, VMA

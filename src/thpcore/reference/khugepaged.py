@@ -67,6 +67,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, MutableSequence, Sequence
 
+from thpcore.reference.page_alloc import ReferenceZone
+
 HPAGE_PMD_ORDER = 9
 HPAGE_PMD_NR = 1 << HPAGE_PMD_ORDER
 
@@ -721,7 +723,6 @@ def bench_collapse(n_regions: int = 256, rounds: int = 3, with_allocator: bool =
     for _ in range(rounds):
         zone = None
         if with_allocator:
-            from thpcore.reference.page_alloc import ReferenceZone
             zone = ReferenceZone(2 * n_regions * HPAGE_PMD_NR + 8 * HPAGE_PMD_NR)
         pmds, tables, frames = _populated_regions(n_regions, zone=zone)
         cc = CollapseControl(is_khugepaged=False)
