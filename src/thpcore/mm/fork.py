@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from thpcore.errors import OutOfMemory
-from thpcore.mm.mm_types import (MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_WRITE, PMD_YOUNG, make_huge_pmd,
+from thpcore.mm.mm_types import (pte_present, pte_swap, MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_WRITE, PMD_YOUNG, make_huge_pmd,
                                  make_huge_zero_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind, pmd_table_id)
 from thpcore.mm.vma import VM_DONTCOPY, VM_LOCKED, VM_WIPEONFORK, VMA
 
@@ -48,8 +48,8 @@ def dup_mm(kernel: "Kernel", parent: MM, child: MM) -> None:
             pt.copy_table(src, tid)
             child.set_pmd(region, make_table_pmd(tid))
             t = pt.table(tid)
-            child.anon_rss += int(((t & 1) != 0).sum())
-            child.swap_ents += int(((t & 0xF) == 2).sum())
+            child.anon_rss += int(pte_present(t).sum())
+            child.swap_ents += int(pte_swap(t).sum())
             # Ranges of VM_DONTCOPY / VM_WIPEONFORK VMAs sharing this region are not copied.
             for v in parent.vmas.overlapping(region, region + (2 << 20)):
                 if v.flags & (VM_DONTCOPY | VM_WIPEONFORK):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import thpcore._engine as _engine
-from thpcore.mm.mm_types import (MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, PMD_WRITE, PMD_YOUNG,
+from thpcore.mm.mm_types import (PTE_PFN_SHIFT, pte_present, MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, PMD_WRITE, PMD_YOUNG,
                  make_huge_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind, pmd_table_id)
 from thpcore.mm.vma import PMD_SIZE, VM_HUGEPAGE, VM_LOCKED, VM_NOHUGEPAGE, VM_WRITE, VMA
 
@@ -299,8 +299,8 @@ def _remap_zero_subpages(kernel: "Kernel", mm, region: int, head: int, nr: int) 
     if pmd_kind(entry) != PMD_KIND_TABLE:
         return
     table = kernel.page_tables.table(pmd_table_id(entry))
-    pfn = (table >> 4).astype(np.int64)
-    mine = ((table & 1) != 0) & (pfn >= head) & (pfn < head + nr)
+    pfn = (table >> PTE_PFN_SHIFT).astype(np.int64)
+    mine = pte_present(table) & (pfn >= head) & (pfn < head + nr)
     if not mine.any():
         return
     idx = np.nonzero(mine)[0]

@@ -11,7 +11,7 @@ import numpy as np
 
 import thpcore._engine as _engine
 from thpcore.errors import InvariantError
-from thpcore.mm.mm_types import PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, pmd_huge_pfn, pmd_kind, pmd_table_id
+from thpcore.mm.mm_types import pte_present, pte_swap, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, pmd_huge_pfn, pmd_kind, pmd_table_id
 
 if TYPE_CHECKING:
     from thpcore.mm.kernel import Kernel
@@ -42,8 +42,8 @@ def check(kernel: "Kernel") -> None:
                     raise InvariantError(f"pid {p.pid}: huge PMD at {region:#x} outside one VMA")
             elif kind != PMD_KIND_HUGE_ZERO:
                 t = kernel.page_tables.table(pmd_table_id(entry))
-                rss += int(((t & 1) != 0).sum())
-                swap += int(((t & 0xF) == 2).sum())
+                rss += int(pte_present(t).sum())
+                swap += int(pte_swap(t).sum())
         if p.alive and (rss != mm.anon_rss or swap != mm.swap_ents):
             raise InvariantError(f"pid {p.pid}: rss {mm.anon_rss}/swap {mm.swap_ents} counted, "
                                  f"{rss}/{swap} mapped")

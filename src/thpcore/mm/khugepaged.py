@@ -14,7 +14,7 @@ from thpcore.mm.huge_memory import (HPAGE_PMD_NR, TVA, Gfp, folio_partially_mapp
                           vma_thp_gfp_mask)
 from thpcore.mm.memory import charge_thp
 from thpcore.mm.thp_alloc import alloc_thp
-from thpcore.mm.mm_types import MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, pmd_kind, pmd_table_id
+from thpcore.mm.mm_types import pte_swap, MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, pmd_kind, pmd_table_id
 from thpcore.mm.vma import PMD_SIZE, VM_WRITE, VMA
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ def collapse_huge_page(kernel: "Kernel", mm: MM, vma: VMA, region: int, cc: Coll
     tid = pmd_table_id(mm.get_pmd(region))
     table = pt.table(tid)
     # Guard markers are swap-type entries too; faulting one in fails (SCAN_FAIL).
-    swap = np.nonzero(((table & 0xF) == 2) | (table == _engine.PY_PTE_GUARD))[0]
+    swap = np.nonzero(pte_swap(table) | (table == _engine.PY_PTE_GUARD))[0]
     if unmapped:
         # __collapse_huge_page_swapin(): fault every swap entry back in (as reads), including
         # any that reclaim made while the THP was being allocated.

@@ -20,6 +20,26 @@ PMD_KIND_HUGE_ZERO = _engine.PY_PMD_KIND_HUGE_ZERO
 PMD_YOUNG, PMD_DIRTY, PMD_WRITE = 0x4, 0x8, 0x10
 PTRS_PER_PMD = 512
 
+# A PTE (uint32, the engine's layout in _engine.pxd): bit 0 present (pfn in bits 4..31), else
+# the low nibble is its kind: swap entry (slot in bits 4..31), shared zero page, guard marker.
+PTE_KIND_MASK = 0xF
+PTE_PFN_SHIFT = 4
+
+
+def pte_present(ptes):
+    """Which PTEs (an array or one int) map a frame."""
+    return (ptes & _engine.PY_PTE_PRESENT) != 0
+
+
+def pte_swap(ptes):
+    """Which PTEs are swap entries (MM_SWAPENTS counts them; guard markers are not)."""
+    return (ptes & PTE_KIND_MASK) == _engine.PY_PTE_KIND_SWAP
+
+
+def pte_zero(ptes):
+    """Which PTEs map the shared zero page."""
+    return (ptes & PTE_KIND_MASK) == _engine.PY_PTE_KIND_ZERO
+
 
 def pmd_kind(entry: int) -> int:
     return entry & PMD_KIND_MASK

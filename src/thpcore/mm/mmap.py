@@ -9,7 +9,7 @@ from thpcore.constants import (MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MA
                         MAP_POPULATE, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE)
 from thpcore.mm.huge_memory import split_huge_pmds_at
 from thpcore.mm.memory import free_pgtables, zap_page_range
-from thpcore.mm.mm_types import MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_WRITE, pmd_kind, pmd_table_id
+from thpcore.mm.mm_types import pte_present, MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_WRITE, pmd_kind, pmd_table_id
 from thpcore.mm.vma import (MMAP_BASE, MMAP_MIN_ADDR, PAGE_SIZE, PMD_SIZE, TASK_SIZE, VM_ACCOUNT,
                   VM_MAYEXEC, VM_MAYREAD, VM_MAYWRITE, VM_NORESERVE, VM_WRITE, VMA,
                   prot_to_vm_flags)
@@ -144,7 +144,7 @@ def write_protect_range(kernel: "Kernel", mm: MM, start: int, end: int) -> None:
             table = pt.table(pmd_table_id(entry))
             i0, i1 = (lo - region) >> 12, (hi - region) >> 12
             seg = table[i0:i1]
-            present = (seg & 1) != 0
+            present = pte_present(seg)
             seg[present] &= ~0x8 & 0xFFFFFFFF
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from thpcore.constants import MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE
 from thpcore.mm.huge_memory import split_huge_pmd, split_huge_pmds_at
 from thpcore.mm.memory import _pte_table, populate
-from thpcore.mm.mm_types import (MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, pmd_huge_pfn, pmd_kind,
+from thpcore.mm.mm_types import (PTE_PFN_SHIFT, pte_present, MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, pmd_huge_pfn, pmd_kind,
                  pmd_table_id)
 from thpcore.mm.mmap import do_munmap, get_unmapped_area, page_align
 from thpcore.mm.vma import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE, VM_LOCKED, VM_WRITE, VMA
@@ -143,7 +143,7 @@ def _note_thp_region(kernel: "Kernel", head: int, region: int) -> None:
 
 def _note_ptes_region(kernel: "Kernel", ptes, region: int) -> None:
     """THP pages among these PTEs are now (also) mapped from region."""
-    present = ptes[(ptes & 1) != 0] >> 4
+    present = ptes[pte_present(ptes)] >> PTE_PFN_SHIFT
     if not present.size:
         return
     frames = kernel.page_alloc.zone.frames()
