@@ -465,7 +465,7 @@ def test_cost_profiles_load_and_validate(tmp_path):
 
 
 def test_collapse_event_log_keeps_the_most_recent(monkeypatch):
-    from thpcore.mm.kernel import CollapseEventLog
+    from thpcore.mm.khugepaged import CollapseEventLog
     monkeypatch.setattr(CollapseEventLog, "LIMIT", 8)
     m = thpcore.Machine("256M", seed=0, transparent_hugepage="never")
     p = m.spawn()

@@ -5,7 +5,6 @@ this object as their first argument; thpcore.Machine is its public face."""
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 
@@ -15,7 +14,7 @@ import thpcore._engine as _engine
 from thpcore.costs import Accounting, CostModel
 from thpcore.mm.compaction import Compaction
 from thpcore.mm.huge_memory import folio_order
-from thpcore.mm.khugepaged import EVENT_DTYPE, Khugepaged
+from thpcore.mm.khugepaged import EVENT_DTYPE, CollapseEventLog, Khugepaged
 from thpcore.mm.memcontrol import CgroupTree
 from thpcore.mm.page_alloc import PageAllocator
 from thpcore.mm.sysctl import Sysctl
@@ -42,28 +41,6 @@ EVENTS = ("pswpout", "pglazyfree", "pglazyfreed", "thp_fault_alloc", "thp_fault_
           "compact_fail", "compact_success", "compact_daemon_wake",
           "compact_daemon_migrate_scanned", "compact_daemon_free_scanned",
           "thp_underused_split_page", "allocstall_normal", "oom_kill")
-
-
-class CollapseEventLog(collections.deque):
-    """Collapse trace records (tuples or structured-array chunks), oldest dropped first once
-    more than LIMIT records are held."""
-
-    LIMIT = 1 << 20
-
-    def __init__(self):
-        super().__init__()
-        self.records = 0
-
-    def append(self, item) -> None:
-        super().append(item)
-        self.records += len(item) if isinstance(item, np.ndarray) else 1
-        while self.records > self.LIMIT and len(self) > 1:
-            old = self.popleft()
-            self.records -= len(old) if isinstance(old, np.ndarray) else 1
-
-    def clear(self) -> None:
-        super().clear()
-        self.records = 0
 
 
 class Kernel:

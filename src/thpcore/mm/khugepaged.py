@@ -3,6 +3,7 @@ khugepaged thread in simulated time, and MADV_COLLAPSE."""
 
 from __future__ import annotations
 
+import collections
 import enum
 import errno
 from typing import TYPE_CHECKING
@@ -74,6 +75,28 @@ EVENT_DTYPE = np.dtype([("time_ns", "i8"), ("pid", "i4"), ("address", "u8"), ("c
                         ("result", "u1"), ("none_or_zero", "i2"), ("unmapped", "i2"),
                         ("shared", "i2"), ("referenced", "i2"), ("latency_ns", "i8")])
 CONTEXT_KHUGEPAGED, CONTEXT_MADV_COLLAPSE = 0, 1
+
+
+class CollapseEventLog(collections.deque):
+    """Collapse trace records (tuples or structured-array chunks), oldest dropped first once
+    more than LIMIT records are held."""
+
+    LIMIT = 1 << 20
+
+    def __init__(self):
+        super().__init__()
+        self.records = 0
+
+    def append(self, item) -> None:
+        super().append(item)
+        self.records += len(item) if isinstance(item, np.ndarray) else 1
+        while self.records > self.LIMIT and len(self) > 1:
+            old = self.popleft()
+            self.records -= len(old) if isinstance(old, np.ndarray) else 1
+
+    def clear(self) -> None:
+        super().clear()
+        self.records = 0
 
 
 def hpage_collapse_scan_pmd(kernel: "Kernel", mm: MM, vma: VMA, region: int,
