@@ -70,3 +70,15 @@ print("\\n".join(bad))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", out.stdout
     assert len(MODULES) > 40
+
+
+def test_the_engine_and_the_python_side_agree_on_each_shared_constant():
+    """Constants the compiled engine must also hold (a cdef cannot import them): one Python
+    definition each, checked against the engine's copy."""
+    from thpcore import _engine, constants
+    from thpcore.mm import mm_types
+    assert _engine.PY_MAX_PAGE_ORDER == constants.MAX_PAGE_ORDER
+    assert _engine.PY_PTE_PRESENT == 1 and mm_types.PTE_PFN_SHIFT == 4
+    assert (_engine.PY_PTE_KIND_SWAP, _engine.PY_PTE_KIND_ZERO) == (2, 4)
+    assert max(_engine.PY_PTE_KIND_SWAP, _engine.PY_PTE_KIND_ZERO,
+               _engine.PY_PTE_GUARD) <= mm_types.PTE_KIND_MASK

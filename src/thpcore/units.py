@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
+from thpcore.constants import PAGE_SHIFT, PAGE_SIZE  # noqa: F401  (units.PAGE_SIZE is used widely)
 
 _SUFFIX = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40, "P": 50, "E": 60}
 _SIZE_RE = re.compile(r"\s*(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)\s*([KMGTPEkmgtpe]?)(?:i?B)?\s*")

@@ -14,10 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 
 import thpcore._engine as _engine
-from thpcore.constants import PAGEBLOCK_ORDER
+from thpcore.constants import MAX_PAGE_ORDER, PAGEBLOCK_ORDER
 
 PAGEBLOCK_NR_PAGES = 1 << PAGEBLOCK_ORDER
-MAX_PAGE_ORDER = _engine.PY_MAX_PAGE_ORDER
 NR_PAGE_ORDERS = MAX_PAGE_ORDER + 1
 
 # migratetype_names[] of mm/page_alloc.c for a kernel without CONFIG_CMA, in enum order.

@@ -5,13 +5,9 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from thpcore.constants import PROT_EXEC, PROT_READ, PROT_WRITE
+from thpcore.constants import (PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, PROT_EXEC, PROT_READ,  # noqa: F401
+                               PROT_WRITE, PUD_SHIFT)
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
-PMD_SHIFT = 21
-PMD_SIZE = 1 << PMD_SHIFT
-PUD_SHIFT = 30
 TASK_SIZE = 0x7FFFFFFFF000            # x86-64, 4-level paging
 MMAP_BASE = 0x7FFFF7FFF000            # TASK_SIZE - 128 MiB gap, no randomisation
 MMAP_MIN_ADDR = 0x10000
