@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from thpcore import __version__
-from thpcore.lab.scenario import Progress, format_table, load_scenario, run_scenario
+from thpcore.lab.report import format_table
+from thpcore.lab.scenario import Progress, load_scenario, run_scenario
 
 
 def cmd_run(args: argparse.Namespace) -> int:

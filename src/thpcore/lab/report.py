@@ -1,5 +1,5 @@
-"""Results of a run on disk: tidy tables (CSV, and Parquet when pyarrow is installed) and PNG
-plots (when matplotlib is installed: the `plot` extra)."""
+"""Results of a run: the text table the commands print, and on disk tidy tables (CSV, and Parquet
+when pyarrow is installed) and PNG plots (when matplotlib is installed: the `plot` extra)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,18 @@ from pathlib import Path
 from typing import Any, Iterable
 
 TABLES = ("results", "timeline", "free_area")
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "(no results)\n"
+    columns = columns or list(rows[0])
+    cells = [[str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = "  ".join(c.rjust(w) for c, w in zip(columns, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(out) + "\n"
 
 
 def new_results_dir(name: str, root: str | Path = "thpcore-results") -> Path:
