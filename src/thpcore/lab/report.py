@@ -93,10 +93,7 @@ def write_plots(results: list, outdir: Path) -> list[Path]:
         ax.set_xlabel("time (min)")
         ax.legend(fontsize="small")
     axes[0][0].set_ylabel("AnonHugePages / Rss (%)")
-    fig.tight_layout()
-    written.append(outdir / "thp_coverage.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    written.append(_save(plt, fig, outdir / "thp_coverage.png"))
 
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), sharey=True, squeeze=False)
     for ax, r in zip(axes[0], results):
@@ -109,10 +106,7 @@ def write_plots(results: list, outdir: Path) -> list[Path]:
         ax.set_xlabel("time (min)")
     axes[0][0].set_ylabel("free memory (MiB)")
     axes[0][-1].legend(fontsize="x-small", loc="upper right")
-    fig.tight_layout()
-    written.append(outdir / "free_area.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    written.append(_save(plt, fig, outdir / "free_area.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), squeeze=False)
     for ax, kind in zip(axes[0], ("fault", "collapse")):
@@ -124,8 +118,13 @@ def write_plots(results: list, outdir: Path) -> list[Path]:
         ax.set_xlabel(f"{kind} latency (us)")
         ax.set_ylabel("fraction")
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    written.append(outdir / "latency_cdf.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    written.append(_save(plt, fig, outdir / "latency_cdf.png"))
     return written
+
+
+def _save(plt, fig, path: Path) -> Path:
+    """One figure of write_plots to path (laid out, 100 dpi), then closed."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
