@@ -8,8 +8,9 @@ import pytest
 import thpcore
 from thpcore import MADV_HUGEPAGE
 from thpcore._engine import tlb_simulate
+from thpcore.cli.uhugepaged import main
 from thpcore.policy.uhugepaged import (CoveragePolicy, KhugepagedPolicy, PriorityPolicy, SimHost, UtilizationPolicy,
-                                load_policy, main, run)
+                                load_policy, run)
 
 MB, HP = 1 << 20, 2 << 20
 

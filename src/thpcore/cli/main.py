@@ -8,11 +8,14 @@ import time
 from pathlib import Path
 
 from thpcore import __version__
-from thpcore.lab.scenario import Progress, format_table, load_scenario, run_scenario
+from thpcore.cli import calibrate, fidelity, thpmaps
+from thpcore.lab import bench as lab_bench, sweep as lab_sweep, trace as lab_trace
+from thpcore.lab.report import format_table, new_results_dir, write_results
+from thpcore.lab.scenario import Progress, load_scenario, run_scenario
+from thpcore.snapshot import save
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from thpcore.lab.report import new_results_dir, write_results
     scenario = load_scenario(args.scenario)
     t0 = time.perf_counter()
     out = Path(args.output) if args.output else new_results_dir(scenario.name)
@@ -31,7 +34,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    from thpcore.snapshot import save
     snap = save(args.pid, args.output)
     n = len(snap["vma_start"])
     pages = int(((snap["pagemap"] >> 63) & 1).sum())
@@ -60,26 +62,24 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("-j", "--workers", type=int, help="local worker processes (default: CPUs)")
     sw.add_argument("--scheduler", help="a Dask distributed scheduler address instead")
     sw.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    sw.set_defaults(func=lambda a: __import__("thpcore.lab.sweep", fromlist=["main"]).main(a))
+    sw.set_defaults(func=lambda a: lab_sweep.main(a))
     tm = sub.add_parser("thpmaps", add_help=False, help="the kernel's tools/mm/thpmaps on this "
                         "host (root): how THPs are mapped per VMA; --help for its options")
     tm.set_defaults(func=None)
     bench = sub.add_parser("bench", help="the headline speed figures on this machine")
     bench.add_argument("--json", help="also write the figures as JSON records to this file")
     bench.add_argument("--quick", action="store_true", help="skip the scenario and sweep runs")
-    bench.set_defaults(func=lambda a: __import__("thpcore.lab.bench", fromlist=["main"]).main(
-        a.json, a.quick))
+    bench.set_defaults(func=lambda a: lab_bench.main(a.json, a.quick))
     rep = sub.add_parser("replay", help="run an operation trace (format: pydoc thpcore.lab.trace)")
     rep.add_argument("trace")
     rep.add_argument("--memory", help="machine size (overrides the trace header)")
     rep.add_argument("--seed", type=int)
-    rep.set_defaults(func=lambda a: __import__("thpcore.lab.trace", fromlist=["main"]).main(
-        a.trace, a.memory, a.seed))
+    rep.set_defaults(func=lambda a: lab_trace.main(a.trace, a.memory, a.seed))
     run.set_defaults(func=cmd_run)
     cal = sub.add_parser("calibrate", help="measure the cost model on this host (no sysfs changes)")
     cal.add_argument("-o", "--output", help="write the cost profile (JSON) here; "
                      "Machine(costs=PATH) loads it")
-    cal.set_defaults(func=lambda a: __import__("thpcore.cli.calibrate", fromlist=["main"]).main(a.output))
+    cal.set_defaults(func=lambda a: calibrate.main(a.output))
     snap = sub.add_parser("snapshot", help="capture a live process's anonymous memory for "
                           "Machine.from_snapshot (reads /proc; root for page frames)")
     snap.add_argument("pid", type=int)
@@ -90,12 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     fid.add_argument("-k", dest="only", help="only scenarios whose name contains this text")
     fid.add_argument("--json", dest="json_path", metavar="FILE",
                      help="also write every scenario's live and simulated result as JSON")
-    fid.set_defaults(func=lambda a: __import__("thpcore.cli.fidelity", fromlist=["main"]).main(
-        a.only, a.json_path))
+    fid.set_defaults(func=lambda a: fidelity.main(a.only, a.json_path))
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["thpmaps"]:              # its own parser, options exactly as the script's
-        from thpcore.cli.thpmaps import main as thpmaps_main
-        return thpmaps_main(argv[1:])
+        return thpmaps.main(argv[1:])
     args = parser.parse_args(argv)
     try:
         return args.func(args)

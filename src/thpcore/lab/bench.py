@@ -13,7 +13,13 @@ import tempfile
 import time
 from typing import Any
 
-from thpcore.constants import MADV_COLLAPSE, MADV_DONTNEED, MADV_HUGEPAGE
+from thpcore import _engine, live
+from thpcore.constants import MADV_COLLAPSE, MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE
+from thpcore.lab.scenario import load_scenario, run_scenario
+from thpcore.lab.sweep import Sweep, run_sweep
+from thpcore.machine import Machine
+from thpcore.reference import khugepaged as ref
+from thpcore.reference.page_alloc import ReferenceZone
 
 HPAGE = 2 << 20
 
@@ -31,7 +37,6 @@ def _best(fn, rounds: int = 3, setup=None) -> float:
 
 def bench_faults(thp: bool) -> float:
     """Write faults, simulated 4 KiB pages per second (1 GiB, best of 3)."""
-    from thpcore.machine import Machine
     size = 1 << 30
     m = Machine("4G", seed=0, transparent_hugepage="always" if thp else "never")
     p = m.spawn()
@@ -44,7 +49,6 @@ def bench_faults(thp: bool) -> float:
 
 def bench_collapse() -> float:
     """MADV_COLLAPSE of 4 KiB-populated memory, 2 MiB regions per second (512 MiB, best of 3)."""
-    from thpcore.machine import Machine
     size = 512 << 20
     m = Machine("2G", seed=0, transparent_hugepage="never")
     p = m.spawn()
@@ -59,7 +63,6 @@ def bench_collapse() -> float:
 def bench_scan() -> float:
     """khugepaged PMD-region scans per second: 3 GiB of 4 KiB-mapped regions that all fail
     max_ptes_none=0 at their last PTE (every PTE examined), one pass."""
-    from thpcore.machine import Machine
     m = Machine("4G", seed=0, transparent_hugepage="madvise")
     k = m.thp.khugepaged
     k.max_ptes_none = 0
@@ -76,7 +79,6 @@ def bench_scan() -> float:
 
 def bench_buddy() -> float:
     """Order-0 alloc+free pairs per second on a 4 GiB zone (batches of 4096)."""
-    from thpcore import _engine
     z = _engine.Zone(1 << 20)
     z.set_watermarks(1024, 1280, 1536)
     flags = _engine.PY_ALLOC_WMARK_LOW | _engine.PY_ALLOC_NOFRAGMENT
@@ -90,7 +92,6 @@ def bench_buddy() -> float:
 def compaction_setup():
     """(machine, fragment): a 2 GiB zone with 1.8 GiB of 4 KiB pages; fragment() rewrites them
     and frees every other 64 KiB (shared with benchmarks/test_bench_compaction.py)."""
-    from thpcore.machine import Machine
     m = Machine("2G", seed=0, transparent_hugepage="never")
     p = m.spawn()
     size = 1800 << 20
@@ -108,8 +109,6 @@ def compaction_setup():
 def reference_buddy(pairs: int = 4096) -> float:
     """The pure-Python reference allocator (thpcore.reference.page_alloc) on the same
     order-0 alloc+free pairs as bench_buddy, pairs per second."""
-    from thpcore import _engine
-    from thpcore.reference.page_alloc import ReferenceZone
     z = ReferenceZone(1 << 20)
     z.set_watermarks(1024, 1280, 1536)
     flags = _engine.PY_ALLOC_WMARK_LOW | _engine.PY_ALLOC_NOFRAGMENT
@@ -131,7 +130,6 @@ def bench_compaction() -> float:
 def bench_bytes_per_page() -> float:
     """Engine bytes per simulated 4 KiB page: frame table plus the PTE pool of a 4 GiB machine
     fully populated with 4 KiB pages (the worst case: every PTE table written)."""
-    from thpcore.machine import Machine
     m = Machine("4G", seed=0, transparent_hugepage="never")
     p = m.spawn()
     size = 3 << 30
@@ -143,7 +141,6 @@ def bench_bytes_per_page() -> float:
 def bench_khugepaged_ratio() -> float:
     """Simulated seconds per wall second of khugepaged on its default settings over a 16 GiB
     machine with 8 GiB of 4 KiB-mapped, advised memory (10 simulated minutes)."""
-    from thpcore.machine import Machine
     m = Machine("16G", seed=0, transparent_hugepage="madvise")
     p = m.spawn()
     a = p.mmap(8 << 30)
@@ -156,13 +153,11 @@ def bench_khugepaged_ratio() -> float:
 
 def bench_scenario() -> float:
     """The embedded default scenario, seconds of wall time."""
-    from thpcore.lab.scenario import load_scenario, run_scenario
     return _best(lambda: run_scenario(load_scenario()), rounds=1)
 
 
 def bench_sweep(workers: int) -> float:
     """A 16-job sweep of a 16 GiB version of the default scenario, seconds of wall time."""
-    from thpcore.lab.sweep import Sweep, run_sweep
     text = ('scenario = "default"\nseeds = [0, 1]\n'
             'variants = ["khugepaged-tuned", "uhugepaged-priority"]\n[parameters]\n'
             '"machine.memory" = ["16G"]\n"process.db.size" = ["1G", "2G", "3G", "4G"]\n'
@@ -178,7 +173,6 @@ def live_collapse() -> float | None:
     for the populate, restored); None without root or MADV_COLLAPSE."""
     if os.geteuid() != 0:
         return None
-    from thpcore import live
     n = 32
     try:
         with live.thp_settings(enabled="never"):
@@ -202,12 +196,10 @@ def live_collapse() -> float | None:
 def live_faults() -> float | None:
     """The live kernel's write faults, 4 KiB pages per second (256 MiB, THP off for the range)."""
     try:
-        from thpcore import live
         r = live.Region.aligned(256 << 20)
     except (OSError, AttributeError):
         return None
     try:
-        from thpcore.constants import MADV_NOHUGEPAGE
         r.madvise(0, 256 << 20, MADV_NOHUGEPAGE)
         t = _best(lambda: r.write(0, 256 << 20, value=1),
                   setup=lambda: r.madvise(0, 256 << 20, MADV_DONTNEED))
@@ -224,7 +216,6 @@ def records(quick: bool = False) -> list[dict[str, Any]]:
                      "params": params, "live_kernel": None if live is None else round(live, 3),
                      "python_reference": None if reference is None else round(reference, 3)})
 
-    from thpcore.reference import khugepaged as ref
     add("pmd_region_scans", bench_scan(), "regions/s", ">= 1e6 (100x ref)",
         "khugepaged pass, 1536 4 KiB-mapped regions, max_ptes_none=0",
         reference=ref.bench_scan(256, rounds=1))

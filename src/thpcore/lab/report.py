@@ -1,5 +1,5 @@
-"""Results of a run on disk: tidy tables (CSV, and Parquet when pyarrow is installed) and PNG
-plots (when matplotlib is installed: the `plot` extra)."""
+"""Results of a run: the text table the commands print, and on disk tidy tables (CSV, and Parquet
+when pyarrow is installed) and PNG plots (when matplotlib is installed: the `plot` extra)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,18 @@ from pathlib import Path
 from typing import Any, Iterable
 
 TABLES = ("results", "timeline", "free_area")
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "(no results)\n"
+    columns = columns or list(rows[0])
+    cells = [[str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = "  ".join(c.rjust(w) for c, w in zip(columns, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(out) + "\n"
 
 
 def new_results_dir(name: str, root: str | Path = "thpcore-results") -> Path:
@@ -81,10 +93,7 @@ def write_plots(results: list, outdir: Path) -> list[Path]:
         ax.set_xlabel("time (min)")
         ax.legend(fontsize="small")
     axes[0][0].set_ylabel("AnonHugePages / Rss (%)")
-    fig.tight_layout()
-    written.append(outdir / "thp_coverage.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    written.append(_save(plt, fig, outdir / "thp_coverage.png"))
 
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), sharey=True, squeeze=False)
     for ax, r in zip(axes[0], results):
@@ -97,10 +106,7 @@ def write_plots(results: list, outdir: Path) -> list[Path]:
         ax.set_xlabel("time (min)")
     axes[0][0].set_ylabel("free memory (MiB)")
     axes[0][-1].legend(fontsize="x-small", loc="upper right")
-    fig.tight_layout()
-    written.append(outdir / "free_area.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    written.append(_save(plt, fig, outdir / "free_area.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), squeeze=False)
     for ax, kind in zip(axes[0], ("fault", "collapse")):
@@ -112,8 +118,13 @@ def write_plots(results: list, outdir: Path) -> list[Path]:
         ax.set_xlabel(f"{kind} latency (us)")
         ax.set_ylabel("fraction")
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    written.append(outdir / "latency_cdf.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    written.append(_save(plt, fig, outdir / "latency_cdf.png"))
     return written
+
+
+def _save(plt, fig, path: Path) -> Path:
+    """One figure of write_plots to path (laid out, 100 dpi), then closed."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -13,6 +13,7 @@ import resource
 import time
 
 from thpcore.constants import MADV_DONTNEED, MADV_HUGEPAGE
+from thpcore.machine import Machine
 from thpcore.units import parse_size
 
 
@@ -21,7 +22,6 @@ def peak_rss_gib() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from thpcore.machine import Machine
     ap = argparse.ArgumentParser(prog="python -m thpcore.lab.scale", description=__doc__)
     ap.add_argument("--memory", default="1T")
     ap.add_argument("--khugepaged-seconds", type=float, default=3600)

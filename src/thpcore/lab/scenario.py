@@ -21,8 +21,12 @@ from typing import Any
 import numpy as np
 
 import thpcore._engine as _engine
-from thpcore.machine import Machine
+from thpcore.lab.trace import TraceWriter
 from thpcore.lab.workloads import KINDS, fleet, fragment, make
+from thpcore.machine import Machine
+from thpcore.policy.daemon import run as run_policy
+from thpcore.policy.host import SimHost
+from thpcore.policy.policies import load_policy
 
 TOP_KEYS = {"scenario", "machine", "sysfs", "sysctl", "cgroup", "fragment", "process", "fleet",
             "run", "variant"}
@@ -146,7 +150,6 @@ class Run:
                     m.sysfs.write(f"/sys/fs/cgroup/{c['path']}/memory.{key}", str(c[key]))
         self.writer = None
         if trace is not None:
-            from thpcore.lab.trace import TraceWriter
             if sc.sysctl or any("max" in c or "high" in c for c in sc.cgroups):
                 raise ValueError("a trace cannot carry sysctl settings or cgroup limits yet")
             self.writer = TraceWriter(trace, m, {"machine": machine, "sysfs": sysfs,
@@ -171,7 +174,6 @@ class Run:
         self.start_rss = {w.p.pid: w.p.mm.anon_rss for w in self.workloads}
         self.host = None
         if "policy" in v:
-            from thpcore.policy.uhugepaged import SimHost, load_policy
             self.host = SimHost(m, pids=[w.p.pid for w in self.workloads])
             self.policy = load_policy(v["policy"])
             self.budget = float(v.get("budget", 8))
@@ -185,7 +187,6 @@ class Run:
             # collapses are not in it (replay runs the trace under the kernel's khugepaged).
             self.writer.sleep(seconds)
         if self.host is not None:
-            from thpcore.policy.uhugepaged import run as run_policy
             run_policy(self.host, self.policy, seconds, self.budget, interval_s=seconds)
         else:
             self.m.run(seconds=seconds)
@@ -310,14 +311,3 @@ def run_scenario(sc: Scenario, progress=None, trace_dir=None) -> list[Result]:
             results.append(run_variant(sc, v, progress=progress, trace=f))
     return results
 
-
-def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
-    if not rows:
-        return "(no results)\n"
-    columns = columns or list(rows[0])
-    cells = [[str(r[c]) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    line = "  ".join(c.rjust(w) for c, w in zip(columns, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(out) + "\n"

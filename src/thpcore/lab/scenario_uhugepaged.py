@@ -12,8 +12,12 @@ import numpy as np
 
 import thpcore._engine as _engine
 from thpcore.constants import MADV_HUGEPAGE
+from thpcore.lab.report import format_table
 from thpcore.machine import Machine
-from thpcore.policy.uhugepaged import POLICIES, SimHost, load_policy, run
+from thpcore.mm.mm_types import PMD_KIND_HUGE, pmd_kind
+from thpcore.policy.daemon import run
+from thpcore.policy.host import SimHost
+from thpcore.policy.policies import POLICIES, load_policy
 
 MB = 1 << 20
 HP = 2 << 20
@@ -48,7 +52,6 @@ def build(seed: int = 0):
 
 def tlb_walks_per_kilo(m: Machine, proc, addr: int, size: int, n: int = 200_000) -> float:
     """Page walks per 1000 uniformly random accesses to the process's written pages."""
-    from thpcore.mm.mm_types import PMD_KIND_HUGE, pmd_kind
     rng = np.random.default_rng(m.seed)
     regions = size // HP
     pages = rng.integers(0, 384, n) + rng.integers(0, regions, n) * 512
@@ -96,5 +99,4 @@ def compare(scenario: str | None = None, policies=None, duration_s: float = 60.0
             workload(1.0)
             m.run(seconds=1.0)
         rows.append(_row(m, label, db, a, rss, m.cpu_ns.get("khugepaged", 0)))
-    from thpcore.lab.scenario import format_table
     return format_table(rows)

@@ -26,15 +26,18 @@ import csv
 import hashlib
 import itertools
 import json
+import multiprocessing
 import os
 import sys
 import time
 import tomllib
+from concurrent.futures import ProcessPoolExecutor, as_completed as done_first
 from pathlib import Path
 from typing import Any, Iterator
 
 from thpcore.lab.scenario import (FRAGMENT_KEYS, MACHINE_KEYS, PROCESS_KEYS, RUN_KEYS, SUMMARY_COLUMNS,
-                       VARIANT_KEYS, Scenario, check_scenario, default_scenario_text, parse_scenario, run_variant)
+                                  VARIANT_KEYS, Progress, Scenario, check_scenario, default_scenario_text,
+                                  parse_scenario, run_variant)
 
 SWEEP_KEYS = {"scenario", "mode", "seeds", "variants", "parameters"}
 
@@ -211,8 +214,6 @@ def _execute(scenario_text: str, todo: list[dict], workers: int | None,
         for j in todo:
             yield run_job(scenario_text, j)
         return
-    from concurrent.futures import ProcessPoolExecutor, as_completed as done_first
-    import multiprocessing
     ctx = multiprocessing.get_context("spawn")   # no fork of a parent holding big arrays
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         futures = [pool.submit(run_job, scenario_text, j) for j in todo]
@@ -221,7 +222,6 @@ def _execute(scenario_text: str, todo: list[dict], workers: int | None,
 
 
 def main(args) -> int:
-    from thpcore.lab.scenario import Progress
     path = Path(args.sweep)
     sweep = Sweep(path.read_text(), path.parent)
     jobs = len(list(sweep.jobs()))

@@ -43,6 +43,8 @@ from typing import Any, TextIO
 
 from thpcore import constants
 from thpcore.constants import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE
+from thpcore.lab.workloads import fragment
+from thpcore.machine import Machine
 from thpcore.units import parse_size
 
 VERSION = "# thpcore-trace 1"
@@ -257,8 +259,6 @@ class ReplayResult:
 
 def replay(trace: Trace | str | Path, **machine_overrides) -> ReplayResult:
     """Run a trace on a new Machine (header arguments, then the overrides)."""
-    from thpcore.machine import Machine
-    from thpcore.lab.workloads import fragment
     if not isinstance(trace, Trace):
         trace = parse_trace(Path(trace).read_text())
     m = Machine(**{**trace.machine, **machine_overrides})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 import thpcore._engine as _engine
-from thpcore.constants import MADV_COLLAPSE, MADV_DONTNEED, MADV_HUGEPAGE
+from thpcore.constants import MADV_COLLAPSE, MADV_DONTNEED, MADV_HUGEPAGE, MREMAP_MAYMOVE
 from thpcore.units import parse_size
 
 HP = 2 << 20
@@ -195,7 +195,6 @@ class Realloc(Workload):
         self.p.write(self.buf, self.length)
 
     def tick(self, seconds):
-        from thpcore.constants import MREMAP_MAYMOVE
         if self.length >= self.size:
             self.p.munmap(self.buf, self.length)
             self.generations += 1
