@@ -17,12 +17,14 @@ import re
 
 import numpy as np
 
+from thpcore.proc import pagemap as _pm
 from thpcore.proc.procfs import parse_smaps
 
-PM_PRESENT = np.uint64(1 << 63)
-PM_SWAP = np.uint64(1 << 62)
-PFN_MASK = np.uint64((1 << 55) - 1)
-KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_THP, KPF_ZERO_PAGE = 15, 16, 22, 24
+# the pagemap / kpageflags layout (thpcore.proc.pagemap) as numpy scalars for uint64 arrays
+PM_PRESENT = np.uint64(_pm.PM_PRESENT)
+PM_SWAP = np.uint64(_pm.PM_SWAP)
+PFN_MASK = np.uint64(_pm.PM_PFN_MASK)
+KPF_THP, KPF_ZERO_PAGE = _pm.KPF_THP, _pm.KPF_ZERO_PAGE
 THP_KNOBS = ("enabled", "defrag", "use_zero_page", "shrink_underused", "khugepaged/defrag",
              "khugepaged/max_ptes_none", "khugepaged/max_ptes_swap", "khugepaged/max_ptes_shared",
              "khugepaged/pages_to_scan", "khugepaged/scan_sleep_millisecs",

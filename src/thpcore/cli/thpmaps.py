@@ -63,6 +63,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from thpcore.proc.pagemap import (KPF_ANON, KPF_BUDDY, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL,
+                                  KPF_LRU, KPF_MMAP, KPF_PGTABLE, KPF_SWAPBACKED, KPF_THP,
+                                  KPF_ZERO_PAGE, PM_PFN_MASK, PM_PRESENT)
+
 __all__ = [
     "NO_PFN", "VmaRecord", "SparseFlags", "VmaStats", "Report", "ContSizeError",
     "cont_order", "classify", "render", "thpmaps", "gather_live", "gather_sim",
@@ -74,43 +78,6 @@ PMD_SIZE = 2 << 20
 
 #: pfn value of a page that is not present (pagemap bit 63 clear).
 NO_PFN = 0xFFFF_FFFF_FFFF_FFFF
-
-# /proc/kpageflags bits (include/uapi/linux/kernel-page-flags.h)
-KPF_LOCKED = 0
-KPF_ERROR = 1
-KPF_REFERENCED = 2
-KPF_UPTODATE = 3
-KPF_DIRTY = 4
-KPF_LRU = 5
-KPF_ACTIVE = 6
-KPF_SLAB = 7
-KPF_WRITEBACK = 8
-KPF_RECLAIM = 9
-KPF_BUDDY = 10
-KPF_MMAP = 11
-KPF_ANON = 12
-KPF_SWAPCACHE = 13
-KPF_SWAPBACKED = 14
-KPF_COMPOUND_HEAD = 15
-KPF_COMPOUND_TAIL = 16
-KPF_HUGE = 17
-KPF_UNEVICTABLE = 18
-KPF_HWPOISON = 19
-KPF_NOPAGE = 20
-KPF_KSM = 21
-KPF_THP = 22
-KPF_OFFLINE = 23
-KPF_ZERO_PAGE = 24
-KPF_IDLE = 25
-KPF_PGTABLE = 26
-
-# /proc/PID/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst)
-PM_PFN_MASK = (1 << 55) - 1
-PM_SOFT_DIRTY = 1 << 55
-PM_MMAP_EXCLUSIVE = 1 << 56
-PM_FILE = 1 << 61
-PM_SWAP = 1 << 62
-PM_PRESENT = 1 << 63
 
 # PAGEMAP_SCAN ioctl (include/uapi/linux/fs.h, Linux 6.7+): used by gather_live only to learn
 # which ranges are PMD-mapped, so that it need not read 512 kpageflags words per PMD THP.

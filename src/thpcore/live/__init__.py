@@ -64,6 +64,9 @@ import tempfile
 import time
 import traceback
 
+from thpcore.proc.pagemap import (KPF_NAMES, PM_FILE, PM_GUARD_REGION, PM_MMAP_EXCLUSIVE,
+                                  PM_PFN_MASK, PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP,
+                                  PM_SWAP_OFFSET_SHIFT, PM_SWAP_TYPE_MASK, PM_UFFD_WP)
 from thpcore.proc.procfs import parse_smaps  # noqa: F401  (one parser for live and simulated text)
 
 try:  # numpy is a thpcore dependency; fall back to ctypes loops without it
@@ -123,25 +126,6 @@ MADV_NAMES = {v: k for k, v in globals().items() if k.startswith("MADV_") and is
 PR_SET_THP_DISABLE = 41
 PR_GET_THP_DISABLE = 42
 PR_THP_DISABLE_EXCEPT_ADVISED = 1 << 1
-
-# /proc/<pid>/pagemap bits (Documentation/admin-guide/mm/pagemap.rst)
-PM_PFN_MASK = (1 << 55) - 1
-PM_SOFT_DIRTY = 1 << 55
-PM_MMAP_EXCLUSIVE = 1 << 56
-PM_UFFD_WP = 1 << 57
-PM_GUARD_REGION = 1 << 58
-PM_FILE = 1 << 61
-PM_SWAP = 1 << 62
-PM_PRESENT = 1 << 63
-
-# /proc/kpageflags bits (include/uapi/linux/kernel-page-flags.h)
-KPF_NAMES = {
-    0: "LOCKED", 1: "ERROR", 2: "REFERENCED", 3: "UPTODATE", 4: "DIRTY", 5: "LRU",
-    6: "ACTIVE", 7: "SLAB", 8: "WRITEBACK", 9: "RECLAIM", 10: "BUDDY", 11: "MMAP",
-    12: "ANON", 13: "SWAPCACHE", 14: "SWAPBACKED", 15: "COMPOUND_HEAD", 16: "COMPOUND_TAIL",
-    17: "HUGE", 18: "UNEVICTABLE", 19: "HWPOISON", 20: "NOPAGE", 21: "KSM", 22: "THP",
-    23: "OFFLINE", 24: "ZERO_PAGE", 25: "IDLE", 26: "PGTABLE",
-}
 
 SWAP_FLAG_PREFER = 0x8000
 SWAP_FLAG_PRIO_MASK = 0x7FFF
@@ -319,8 +303,8 @@ def decode_pagemap(entry: int) -> dict:
     if d["present"]:
         d["pfn"] = entry & PM_PFN_MASK
     elif d["swapped"]:
-        d["swap_type"] = entry & 0x1F
-        d["swap_offset"] = (entry & PM_PFN_MASK) >> 5
+        d["swap_type"] = entry & PM_SWAP_TYPE_MASK
+        d["swap_offset"] = (entry & PM_PFN_MASK) >> PM_SWAP_OFFSET_SHIFT
     return d
 
 
