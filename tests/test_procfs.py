@@ -102,7 +102,7 @@ def test_meminfo():
 
 
 def test_smaps_parser_reads_simulated_text():
-    from thpcore.proc.procfs import parse_smaps
+    from thpcore.proc.smaps import parse_smaps
     m = thpcore.Machine("1G")
     p = m.spawn()
     a = p.mmap(4 << 20)

@@ -18,7 +18,7 @@ import re
 import numpy as np
 
 from thpcore.proc import pagemap as _pm
-from thpcore.proc.procfs import parse_smaps
+from thpcore.proc.smaps import parse_smaps
 
 # the pagemap / kpageflags layout (thpcore.proc.pagemap) as numpy scalars for uint64 arrays
 PM_PRESENT = np.uint64(_pm.PM_PRESENT)

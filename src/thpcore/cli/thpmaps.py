@@ -66,6 +66,7 @@ import numpy as np
 from thpcore.proc.pagemap import (KPF_ANON, KPF_BUDDY, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL,
                                   KPF_LRU, KPF_MMAP, KPF_PGTABLE, KPF_SWAPBACKED, KPF_THP,
                                   KPF_ZERO_PAGE, PM_PFN_MASK, PM_PRESENT)
+from thpcore.proc.smaps import parse_smaps as _parse_smaps
 
 __all__ = [
     "NO_PFN", "VmaRecord", "SparseFlags", "VmaStats", "Report", "ContSizeError",
@@ -641,23 +642,15 @@ def thpmaps(vmas: Iterable[VmaRecord], *, cont_sizes: Iterable[int | str] = (),
 
 def parse_smaps(text: str) -> list[dict]:
     """/proc/PID/smaps -> [{start, end, perms, pgoff, major, minor, inode, name, smaps}] with
-    the counters the script knows (``ALL_STATS``), in file order."""
+    the counters the script knows (``ALL_STATS``), in file order: thpmaps' view of the records
+    of :func:`thpcore.proc.smaps.parse_smaps`, the one smaps parser."""
     vmas: list[dict] = []
-    for line in text.splitlines():
-        parts = line.split(None, 5)
-        if not parts:
-            continue
-        if "-" in parts[0]:
-            start, end = (int(x, 16) for x in parts[0].split("-"))
-            major, minor = (int(x, 16) for x in parts[3].split(":"))
-            vmas.append({"start": start, "end": end, "perms": parts[1],
-                         "pgoff": int(parts[2], 16), "major": major, "minor": minor,
-                         "inode": int(parts[4]), "name": parts[5] if len(parts) > 5 else "",
-                         "smaps": {}})
-        else:
-            key = parts[0][:-1]
-            if key in ALL_STATS and vmas:
-                vmas[-1]["smaps"][key] = int(parts[1])
+    for v in _parse_smaps(text):
+        major, minor = (int(x, 16) for x in v["dev"].split(":"))
+        vmas.append({"start": v["start"], "end": v["end"], "perms": v["perms"],
+                     "pgoff": v["offset"], "major": major, "minor": minor,
+                     "inode": v["inode"], "name": v["name"],
+                     "smaps": {k: n for k, n in v["fields"].items() if k in ALL_STATS}})
     return vmas
 
 

@@ -67,7 +67,8 @@ import traceback
 from thpcore.proc.pagemap import (KPF_NAMES, PM_FILE, PM_GUARD_REGION, PM_MMAP_EXCLUSIVE,
                                   PM_PFN_MASK, PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP,
                                   PM_SWAP_OFFSET_SHIFT, PM_SWAP_TYPE_MASK, PM_UFFD_WP)
-from thpcore.proc.procfs import parse_smaps  # noqa: F401  (one parser for live and simulated text)
+from thpcore.proc.procfs import parse_meminfo
+from thpcore.proc.smaps import parse_smaps, parse_smaps_rollup  # one parser, live or simulated
 
 try:  # numpy is a thpcore dependency; fall back to ctypes loops without it
     import numpy as _np
@@ -252,11 +253,7 @@ def vmstat_delta(before: dict[str, int], after: dict[str, int] | None = None,
 
 def meminfo() -> dict[str, int]:
     """/proc/meminfo as {field: value}; values are kB except the HugePages_* counts."""
-    out = {}
-    for line in _read("/proc/meminfo").splitlines():
-        name, _, rest = line.partition(":")
-        out[name] = int(rest.split()[0])
-    return out
+    return parse_meminfo(_read("/proc/meminfo"))
 
 
 def mthp_stats(size_kb: int = HPAGE_PMD_SIZE // KiB) -> dict[str, int]:
@@ -275,13 +272,7 @@ def mthp_stats(size_kb: int = HPAGE_PMD_SIZE // KiB) -> dict[str, int]:
 
 def smaps_rollup(pid: str | int = "self") -> dict[str, int]:
     """/proc/<pid>/smaps_rollup as {field: kB} (the header line is skipped)."""
-    out = {}
-    for line in _read(f"/proc/{pid}/smaps_rollup").splitlines()[1:]:
-        key, _, rest = line.partition(":")
-        rest = rest.strip()
-        if rest.endswith(" kB"):
-            out[key] = int(rest[:-3])
-    return out
+    return parse_smaps_rollup(_read(f"/proc/{pid}/smaps_rollup"))
 
 
 def maps(pid: str | int = "self") -> list[tuple[int, int, str, str]]:
