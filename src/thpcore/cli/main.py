@@ -31,7 +31,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    from thpcore.snapshot import save
+    from thpcore.live.snapshot import save
     snap = save(args.pid, args.output)
     n = len(snap["vma_start"])
     pages = int(((snap["pagemap"] >> 63) & 1).sum())

@@ -63,10 +63,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from thpcore import _engine
+from thpcore.constants import HPAGE_PMD_SIZE, PAGE_SIZE
+from thpcore.mm.vma import VM_EXEC, VM_READ, VM_SHARED, VM_WRITE
 from thpcore.proc.pagemap import (KPF_ANON, KPF_BUDDY, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL,
                                   KPF_LRU, KPF_MMAP, KPF_PGTABLE, KPF_SWAPBACKED, KPF_THP,
                                   KPF_ZERO_PAGE, PM_PFN_MASK, PM_PRESENT)
 from thpcore.proc.smaps import parse_smaps as _parse_smaps
+from thpcore.proc.task_mmu import SMAPS_FIELDS, pagemap, smaps_entries
 
 __all__ = [
     "NO_PFN", "VmaRecord", "SparseFlags", "VmaStats", "Report", "ContSizeError",
@@ -74,8 +78,7 @@ __all__ = [
     "sim_kpageflags", "parse_smaps", "main",
 ]
 
-PAGE_SIZE = 4096
-PMD_SIZE = 2 << 20
+PMD_SIZE = HPAGE_PMD_SIZE
 
 #: pfn value of a page that is not present (pagemap bit 63 clear).
 NO_PFN = 0xFFFF_FFFF_FFFF_FFFF
@@ -878,7 +881,6 @@ def sim_kpageflags(machine) -> np.ndarray:
     """/proc/kpageflags of a simulated machine: one word per frame plus one for the zero page
     (pfn == nr_pages).  Exact for the bits thpmaps reads (ANON, COMPOUND_HEAD/TAIL, THP,
     ZERO_PAGE); MMAP, LRU, SWAPBACKED, BUDDY and PGTABLE are set as the frame table allows."""
-    from thpcore import _engine
     fr = machine.page_alloc.zone.frames()
     f = fr["flags"].astype(np.uint32)
     order = fr["order"]
@@ -913,8 +915,6 @@ def sim_kpageflags(machine) -> np.ndarray:
 
 def gather_sim(machine, pid: int, *, span: tuple[int, int] | None = None) -> list[VmaRecord]:
     """The VMAs of a simulated process as :class:`VmaRecord` objects (see gather_live)."""
-    from thpcore.proc.task_mmu import SMAPS_FIELDS, pagemap, smaps_entries
-    from thpcore.mm.vma import VM_EXEC, VM_READ, VM_SHARED, VM_WRITE
     proc = machine.process(pid)
     mm = proc.mm
     table = sim_kpageflags(machine)
