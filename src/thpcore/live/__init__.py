@@ -78,6 +78,12 @@ from thpcore.live.fork import (Channel, ChildDied, ChildError, ForkedChild, fork
 from thpcore.live.region import Region
 from thpcore.live.snapshot import region_stats
 
+# The exceptions keep the name they are raised and pickled under: thpcore.live.X, not the module
+# that defines them (tracebacks, pytest skip reasons and pickles read as before the split).
+for _cls in (ChildDied, ChildError, Unsupported):
+    _cls.__module__ = __name__
+del _cls
+
 __all__ = [
     "Channel", "ChildDied", "ChildError", "ForkedChild", "GiB", "HPAGE_PMD_NR", "HPAGE_PMD_SIZE",
     "KPF_NAMES", "KiB", "LOCK_PATH", "MADV_COLD", "MADV_COLLAPSE", "MADV_DODUMP", "MADV_DOFORK",

@@ -7,25 +7,27 @@ import errno as _errno
 import os
 import sys
 
+from thpcore import errors
 from thpcore.constants import MADV_COLLAPSE
 from thpcore.live.host import HPAGE_PMD_SIZE, PAGE_SIZE, THP_ROOT
 from thpcore.live.region import Region
 from thpcore.live.syscalls import pidfd_open
 
-# Under pytest (already imported by the test run), Unsupported *is* a skip; otherwise a plain
-# exception, so the library never imports pytest itself.
-_SkipBase = sys.modules["pytest"].skip.Exception if "pytest" in sys.modules else Exception
+# Under pytest (already imported by the test run), Unsupported is also a skip; otherwise only
+# thpcore's Unsupported, so the library never imports pytest itself.
+_SkipBase = sys.modules["pytest"].skip.Exception if "pytest" in sys.modules else None
 
 
-class Unsupported(_SkipBase):
-    """A live feature is not available here. Under pytest this *is* a skip (pytest.skip.Exception,
-    a BaseException): raising it from a test or fixture skips the test."""
+class Unsupported(errors.Unsupported, *((_SkipBase,) if _SkipBase else ())):
+    """A live feature is not available here: a :class:`thpcore.errors.Unsupported` (ValueError).
+    Under pytest it is also pytest.skip.Exception (a BaseException): raising it from a test or
+    fixture skips the test."""
 
     def __init__(self, msg: str = "unsupported"):
-        if _SkipBase is Exception:
+        if _SkipBase is None:
             super().__init__(msg)
-        else:
-            super().__init__(msg=msg, allow_module_level=True)
+        else:  # Skipped's own __init__ (ValueError.__init__ takes no keywords)
+            _SkipBase.__init__(self, msg=msg, allow_module_level=True)
         self.msg = msg
 
     def __str__(self):
