@@ -301,12 +301,7 @@ class ForkedChild:
                 if kind == "ret":
                     break
         except (EOFError, TimeoutError):
-            if self.status is None:
-                try:
-                    os.kill(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                _, self.status = os.waitpid(self.pid, 0)
+            self._kill_and_reap()
             sig = os.WTERMSIG(self.status) if os.WIFSIGNALED(self.status) else None
             code = os.WEXITSTATUS(self.status) if os.WIFEXITED(self.status) else None
             raise ChildDied(f"child {self.pid} sent no result", self.status, sig, code)
@@ -316,13 +311,17 @@ class ForkedChild:
             _, self.status = os.waitpid(self.pid, 0)
         return _child_result(*obj)
 
-    def kill(self) -> None:
+    def _kill_and_reap(self) -> None:
+        """SIGKILL the child unless it was reaped already, and reap it."""
         if self.status is None:
             try:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             _, self.status = os.waitpid(self.pid, 0)
+
+    def kill(self) -> None:
+        self._kill_and_reap()
         self.chan.close()
 
     def __enter__(self):

@@ -62,8 +62,7 @@ def maps(pid: str | int = "self") -> list[tuple[int, int, str, str]]:
 
 
 def sysfs_read(path: str) -> str:
-    with open(path) as f:
-        return f.read()
+    return _read(path)
 
 
 def sysfs_write(path: str, text: str) -> int:
