@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 
+import thpcore.errors
 from thpcore import live
 
 
@@ -56,3 +57,13 @@ def test_run_fresh_refuses_a_function_from_main_with_a_clear_error():
     with pytest.raises(ValueError, match="__main__"):
         live.run_fresh(f)
     assert __main__ is not None
+
+
+def test_unsupported_is_thpcore_unsupported_and_a_pytest_skip():
+    """live.Unsupported is thpcore's Unsupported (a ValueError) and, under pytest, a skip."""
+    assert issubclass(live.Unsupported, thpcore.errors.Unsupported)
+    assert issubclass(live.Unsupported, pytest.skip.Exception)
+    with pytest.raises(pytest.skip.Exception) as exc:
+        raise live.Unsupported("no such feature")
+    assert isinstance(exc.value, ValueError) and str(exc.value) == "no such feature"
+    assert live.Unsupported.__module__ == "thpcore.live"

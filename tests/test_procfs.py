@@ -102,7 +102,7 @@ def test_meminfo():
 
 
 def test_smaps_parser_reads_simulated_text():
-    from thpcore.proc.procfs import parse_smaps
+    from thpcore.proc.smaps import parse_smaps
     m = thpcore.Machine("1G")
     p = m.spawn()
     a = p.mmap(4 << 20)
@@ -115,3 +115,28 @@ def test_smaps_parser_reads_simulated_text():
     for k in ("Rss", "Pss", "Private_Dirty", "AnonHugePages", "Swap", "Size"):
         assert parsed[0]["fields"][k] == direct[0][k]
     assert parsed[0]["VmFlags"] == direct[0]["VmFlags"] and parsed[0]["THPeligible"] == 1
+
+
+def test_scan_pagemap_bits_match_proc_pagemap():
+    """The engine's nogil pagemap bits agree with thpcore.proc.pagemap, the one Python layout."""
+    from thpcore import _engine
+    from thpcore.proc.pagemap import (KPF_THP, KPF_ZERO_PAGE, PM_GUARD_REGION, PM_PFN_MASK,
+                                      PM_PRESENT, PM_SWAP)
+    n = 1024
+    pm = np.zeros(n, dtype=np.uint64)
+    kf = np.zeros(n, dtype=np.uint64)
+    kc = np.zeros(n, dtype=np.uint64)
+    pm[0] = PM_PRESENT | 7
+    kf[0] = 1 << KPF_THP
+    kc[0] = 2
+    pm[1] = PM_SWAP | 5
+    pm[2] = PM_SWAP | PM_GUARD_REGION | 31
+    pm[3] = PM_PRESENT | 9
+    kf[3] = 1 << KPF_ZERO_PAGE
+    pm[512:] = PM_PRESENT | (np.arange(512, dtype=np.uint64) + (PM_PFN_MASK & ~511) - 512)
+    kf[512:] = 1 << KPF_THP
+    counts = _engine.scan_pagemap(pm, kf, kc, 0)
+    row = dict(zip(_engine.REGION_FIELDS, counts[0].tolist()))
+    assert row == {"present": 1, "swapped": 1, "none": 509, "zero": 1, "shared": 1,
+                   "pte_mapped_thp": 1, "pmd_mapped": 0}
+    assert counts[1].tolist() == [512, 0, 0, 0, 0, 0, 512]

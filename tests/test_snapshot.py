@@ -9,7 +9,8 @@ import pytest
 
 import thpcore
 from thpcore import MADV_COLLAPSE, MADV_HUGEPAGE, MADV_NOHUGEPAGE
-from thpcore.snapshot import capture, rebuild
+from thpcore.live.snapshot import capture
+from thpcore.snapshot import rebuild
 
 pytestmark = pytest.mark.live
 lh = pytest.importorskip("live_harness")

@@ -2441,6 +2441,8 @@ def scan_pagemap(const uint64_t[::1] pagemap, const uint64_t[::1] kpageflags,
     out_np = np.zeros((max(nreg, 0), 7), dtype=np.int32)
     cdef int32_t[:, ::1] out = out_np
     cdef uint64_t e, f
+    # nogil copies of thpcore.proc.pagemap's PM_PRESENT, PM_SWAP, PM_GUARD_REGION, PM_PFN_MASK,
+    # KPF_THP and KPF_ZERO_PAGE (test_procfs.py::test_scan_pagemap_bits_match_proc_pagemap)
     cdef uint64_t PRESENT = <uint64_t>1 << 63, SWAP = <uint64_t>1 << 62, GUARD = <uint64_t>1 << 58
     cdef uint64_t PFN = (<uint64_t>1 << 55) - 1
     cdef uint64_t THP = <uint64_t>1 << 22, ZERO = <uint64_t>1 << 24

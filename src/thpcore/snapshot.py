@@ -1,6 +1,7 @@
-"""Process snapshots: capture a live process's anonymous memory layout (`thpcore snapshot PID
--o snap.npz`) and rebuild it as a simulated process (`Machine.from_snapshot(path)`), so one can
-ask what khugepaged or MADV_COLLAPSE would do to it.
+"""Process snapshots: a live process's anonymous memory layout, captured by
+thpcore.live.snapshot (`thpcore snapshot PID -o snap.npz`), rebuilt here as a simulated process
+(`Machine.from_snapshot(path)`), so one can ask what khugepaged or MADV_COLLAPSE would do to it.
+This half reads only the snapshot, never the live host.
 
 Captured per anonymous private VMA: range, protection, VmFlags (hg/nh), and per page the
 /proc/PID/pagemap entry plus /proc/kpageflags and /proc/kpagecount of present pages (root).
@@ -12,114 +13,17 @@ private) and PTE-mapped THPs (become 4 KiB pages).
 
 from __future__ import annotations
 
-import os
-import re
-
 import numpy as np
 
 from thpcore.constants import (MADV_COLLAPSE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_PAGEOUT,
                                MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_READ, PROT_WRITE)
-from thpcore.proc.procfs import parse_smaps
+from thpcore.proc import pagemap as _pm
 
-PM_PRESENT = np.uint64(1 << 63)
-PM_SWAP = np.uint64(1 << 62)
-PFN_MASK = np.uint64((1 << 55) - 1)
-KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_THP, KPF_ZERO_PAGE = 15, 16, 22, 24
-THP_KNOBS = ("enabled", "defrag", "use_zero_page", "shrink_underused", "khugepaged/defrag",
-             "khugepaged/max_ptes_none", "khugepaged/max_ptes_swap", "khugepaged/max_ptes_shared",
-             "khugepaged/pages_to_scan", "khugepaged/scan_sleep_millisecs",
-             "khugepaged/alloc_sleep_millisecs")
-
-
-def _pread_u64(path: str, index: np.ndarray) -> np.ndarray:
-    """Entries index[i] of a file of u64 (pagemap, kpageflags, kpagecount), read in runs."""
-    out = np.zeros(index.size, dtype=np.uint64)
-    if not index.size:
-        return out
-    order = np.argsort(index, kind="stable")
-    idx = index[order]
-    breaks = np.nonzero(np.diff(idx) != 1)[0] + 1
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for run in np.split(np.arange(idx.size), breaks):
-            first = int(idx[run[0]])
-            data = os.pread(fd, 8 * run.size, 8 * first)
-            vals = np.frombuffer(data, dtype=np.uint64)
-            out[order[run[:vals.size]]] = vals
-    finally:
-        os.close(fd)
-    return out
-
-
-def _read_pagemap(pid: int, starts, ends) -> np.ndarray:
-    """pagemap entries of every page of the VMAs, read range by range in large chunks."""
-    total = int(sum((int(e) - int(s)) >> 12 for s, e in zip(starts, ends)))
-    out = np.empty(total, dtype=np.uint64)
-    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
-    pos = 0
-    chunk = 1 << 23                                   # entries per read (64 MiB)
-    try:
-        for s, e in zip(starts, ends):
-            vpn, end = int(s) >> 12, int(e) >> 12
-            while vpn < end:
-                n = min(chunk, end - vpn)
-                buf = out[pos:pos + n]
-                got = os.preadv(fd, [memoryview(buf).cast("B")], 8 * vpn)
-                if got != 8 * n:
-                    buf[got // 8:] = 0
-                vpn += n
-                pos += n
-    finally:
-        os.close(fd)
-    return out
-
-
-def _knob(name: str) -> str:
-    text = open(f"/sys/kernel/mm/transparent_hugepage/{name}").read().strip()
-    m = re.search(r"\[([^\]]+)\]", text)
-    return m.group(1) if m else text
-
-
-def capture(pid: int) -> dict[str, np.ndarray]:
-    """Read a live process's anonymous VMAs and page states (needs root for pfns)."""
-    if os.geteuid() != 0:
-        raise PermissionError("reading page frame numbers from /proc/PID/pagemap and "
-                              "/proc/kpageflags needs root (CAP_SYS_ADMIN); run as root")
-    if not os.path.exists(f"/proc/{pid}"):
-        raise ProcessLookupError(3, f"No such process: {pid}")
-    vmas = [v for v in parse_smaps(open(f"/proc/{pid}/smaps").read())
-            if v["perms"][3] == "p" and v["inode"] == 0 and v["name"] in ("", "[heap]", "[stack]")
-            and v["perms"][:3] != "---"]
-    starts = np.array([v["start"] for v in vmas], dtype=np.uint64)
-    ends = np.array([v["end"] for v in vmas], dtype=np.uint64)
-    flags = np.array([(1 if v["perms"][0] == "r" else 0) | (2 if v["perms"][1] == "w" else 0)
-                      | (16 if "hg" in v["VmFlags"] else 0) | (32 if "nh" in v["VmFlags"] else 0)
-                      for v in vmas], dtype=np.uint8)
-    pm = _read_pagemap(pid, starts, ends)
-    present = (pm & PM_PRESENT) != 0
-    pfns = (pm & PFN_MASK).astype(np.int64)
-    kflags = np.zeros(pm.size, dtype=np.uint64)
-    kcount = np.zeros(pm.size, dtype=np.uint64)
-    if present.any() and os.access("/proc/kpageflags", os.R_OK):
-        kflags[present] = _pread_u64("/proc/kpageflags", pfns[present])
-        kcount[present] = _pread_u64("/proc/kpagecount", pfns[present])
-    status = open(f"/proc/{pid}/status").read()
-    uid = int(re.search(r"^Uid:\s+(\d+)", status, re.M).group(1))
-    memtotal = int(re.search(r"^MemTotal:\s+(\d+)", open("/proc/meminfo").read(), re.M).group(1))
-    return {
-        "pid": np.int64(pid), "uid": np.int64(uid),
-        "comm": np.array(open(f"/proc/{pid}/comm").read().strip()),
-        "vma_start": starts, "vma_end": ends, "vma_flags": flags,
-        "pagemap": pm, "kpageflags": kflags, "kpagecount": kcount,
-        "knobs": np.array([f"{k}={_knob(k)}" for k in THP_KNOBS]),
-        "memtotal_kb": np.int64(memtotal),
-    }
-
-
-def save(pid: int, path: str) -> dict:
-    snap = capture(pid)
-    np.savez_compressed(path, **snap)
-    return snap
+# the pagemap / kpageflags layout (thpcore.proc.pagemap) as numpy scalars for uint64 arrays
+PM_PRESENT = np.uint64(_pm.PM_PRESENT)
+PM_SWAP = np.uint64(_pm.PM_SWAP)
+PFN_MASK = np.uint64(_pm.PM_PFN_MASK)
+KPF_THP, KPF_ZERO_PAGE = _pm.KPF_THP, _pm.KPF_ZERO_PAGE
 
 
 def _runs(mask: np.ndarray):

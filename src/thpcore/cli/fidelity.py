@@ -18,13 +18,23 @@ from thpcore.constants import (MADV_DONTNEED_LOCKED, MADV_GUARD_INSTALL, MADV_GU
                                MADV_POPULATE_READ, MADV_POPULATE_WRITE,
                                MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE,
                                MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE,
-                               MADV_NOHUGEPAGE, MADV_PAGEOUT, PROT_READ, PROT_WRITE)
+                               MADV_NOHUGEPAGE, MADV_PAGEOUT, MAP_ANONYMOUS, MAP_FIXED,
+                               MAP_PRIVATE, PROT_READ, PROT_WRITE)
 from thpcore.errors import SegmentationFault
+from thpcore.proc.pagemap import PM_GUARD_REGION, PM_PFN_BITS
+from thpcore.proc.task_mmu import pagemap
 
 MB = 1 << 20
 HP = 2 * MB
 THP = "/sys/kernel/mm/transparent_hugepage"
 SMAPS_KEYS = ("Rss", "AnonHugePages", "Swap")
+
+
+def _flag_bits(entry) -> int:
+    """A pagemap entry without the pfn / swap offset (its flag bits 55-63), except a guard
+    marker's, whose entry is fixed and compared whole."""
+    entry = int(entry)
+    return entry if entry & PM_GUARD_REGION else entry >> PM_PFN_BITS
 
 
 def available() -> str | None:
@@ -107,10 +117,7 @@ class Live:
     def pagemap_flags(self, r, off, length):
         """Each page's pagemap entry without the pfn / swap offset (bits 55-63), except guard
         markers, whose entry is fixed and compared whole."""
-        out = []
-        for e in r.pagemap(off, length):
-            out.append(e if e & (1 << 58) else e >> 55)
-        return out
+        return [_flag_bits(e) for e in r.pagemap(off, length)]
 
     def write(self, r, off, length, value=1):
         r.write(off, length, value=value)
@@ -148,7 +155,6 @@ class Sim:
     def region(self, length, offset=0):
         """At the live region's address when replaying (which GiB a region lies in decides
         whether an untouched one has a PMD table at all), else wherever mmap puts it."""
-        from thpcore.constants import MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE
         if self.addresses:
             addr = self.addresses.pop(0)
             self.p.mmap(length, addr=addr, flags=MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)
@@ -199,8 +205,7 @@ class Sim:
             return "SIGSEGV"
 
     def pagemap_flags(self, r, off, length):
-        from thpcore.proc.task_mmu import pagemap
-        return [int(e) if int(e) & (1 << 58) else int(e) >> 55
+        return [_flag_bits(e)
                 for e in pagemap(self.m, r.p.mm, r.addr + off, r.addr + off + length)]
 
     def write(self, r, off, length, value=1):

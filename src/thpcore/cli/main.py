@@ -12,7 +12,7 @@ from thpcore.cli import calibrate, fidelity, thpmaps
 from thpcore.lab import bench as lab_bench, sweep as lab_sweep, trace as lab_trace
 from thpcore.lab.report import format_table, new_results_dir, write_results
 from thpcore.lab.scenario import Progress, load_scenario, run_scenario
-from thpcore.snapshot import save
+from thpcore.live.snapshot import save
 
 
 def cmd_run(args: argparse.Namespace) -> int:

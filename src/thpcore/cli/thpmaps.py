@@ -63,54 +63,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from thpcore import _engine
+from thpcore.constants import HPAGE_PMD_SIZE, PAGE_SIZE
+from thpcore.mm.vma import VM_EXEC, VM_READ, VM_SHARED, VM_WRITE
+from thpcore.proc.pagemap import (KPF_ANON, KPF_BUDDY, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL,
+                                  KPF_LRU, KPF_MMAP, KPF_PGTABLE, KPF_SWAPBACKED, KPF_THP,
+                                  KPF_ZERO_PAGE, PM_PFN_MASK, PM_PRESENT)
+from thpcore.proc.smaps import parse_smaps as _parse_smaps
+from thpcore.proc.task_mmu import SMAPS_FIELDS, pagemap, smaps_entries
+
 __all__ = [
     "NO_PFN", "VmaRecord", "SparseFlags", "VmaStats", "Report", "ContSizeError",
     "cont_order", "classify", "render", "thpmaps", "gather_live", "gather_sim",
     "sim_kpageflags", "parse_smaps", "main",
 ]
 
-PAGE_SIZE = 4096
-PMD_SIZE = 2 << 20
+PMD_SIZE = HPAGE_PMD_SIZE
 
 #: pfn value of a page that is not present (pagemap bit 63 clear).
 NO_PFN = 0xFFFF_FFFF_FFFF_FFFF
-
-# /proc/kpageflags bits (include/uapi/linux/kernel-page-flags.h)
-KPF_LOCKED = 0
-KPF_ERROR = 1
-KPF_REFERENCED = 2
-KPF_UPTODATE = 3
-KPF_DIRTY = 4
-KPF_LRU = 5
-KPF_ACTIVE = 6
-KPF_SLAB = 7
-KPF_WRITEBACK = 8
-KPF_RECLAIM = 9
-KPF_BUDDY = 10
-KPF_MMAP = 11
-KPF_ANON = 12
-KPF_SWAPCACHE = 13
-KPF_SWAPBACKED = 14
-KPF_COMPOUND_HEAD = 15
-KPF_COMPOUND_TAIL = 16
-KPF_HUGE = 17
-KPF_UNEVICTABLE = 18
-KPF_HWPOISON = 19
-KPF_NOPAGE = 20
-KPF_KSM = 21
-KPF_THP = 22
-KPF_OFFLINE = 23
-KPF_ZERO_PAGE = 24
-KPF_IDLE = 25
-KPF_PGTABLE = 26
-
-# /proc/PID/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst)
-PM_PFN_MASK = (1 << 55) - 1
-PM_SOFT_DIRTY = 1 << 55
-PM_MMAP_EXCLUSIVE = 1 << 56
-PM_FILE = 1 << 61
-PM_SWAP = 1 << 62
-PM_PRESENT = 1 << 63
 
 # PAGEMAP_SCAN ioctl (include/uapi/linux/fs.h, Linux 6.7+): used by gather_live only to learn
 # which ranges are PMD-mapped, so that it need not read 512 kpageflags words per PMD THP.
@@ -674,23 +645,15 @@ def thpmaps(vmas: Iterable[VmaRecord], *, cont_sizes: Iterable[int | str] = (),
 
 def parse_smaps(text: str) -> list[dict]:
     """/proc/PID/smaps -> [{start, end, perms, pgoff, major, minor, inode, name, smaps}] with
-    the counters the script knows (``ALL_STATS``), in file order."""
+    the counters the script knows (``ALL_STATS``), in file order: thpmaps' view of the records
+    of :func:`thpcore.proc.smaps.parse_smaps`, the one smaps parser."""
     vmas: list[dict] = []
-    for line in text.splitlines():
-        parts = line.split(None, 5)
-        if not parts:
-            continue
-        if "-" in parts[0]:
-            start, end = (int(x, 16) for x in parts[0].split("-"))
-            major, minor = (int(x, 16) for x in parts[3].split(":"))
-            vmas.append({"start": start, "end": end, "perms": parts[1],
-                         "pgoff": int(parts[2], 16), "major": major, "minor": minor,
-                         "inode": int(parts[4]), "name": parts[5] if len(parts) > 5 else "",
-                         "smaps": {}})
-        else:
-            key = parts[0][:-1]
-            if key in ALL_STATS and vmas:
-                vmas[-1]["smaps"][key] = int(parts[1])
+    for v in _parse_smaps(text):
+        major, minor = (int(x, 16) for x in v["dev"].split(":"))
+        vmas.append({"start": v["start"], "end": v["end"], "perms": v["perms"],
+                     "pgoff": v["offset"], "major": major, "minor": minor,
+                     "inode": v["inode"], "name": v["name"],
+                     "smaps": {k: n for k, n in v["fields"].items() if k in ALL_STATS}})
     return vmas
 
 
@@ -918,7 +881,6 @@ def sim_kpageflags(machine) -> np.ndarray:
     """/proc/kpageflags of a simulated machine: one word per frame plus one for the zero page
     (pfn == nr_pages).  Exact for the bits thpmaps reads (ANON, COMPOUND_HEAD/TAIL, THP,
     ZERO_PAGE); MMAP, LRU, SWAPBACKED, BUDDY and PGTABLE are set as the frame table allows."""
-    from thpcore import _engine
     fr = machine.page_alloc.zone.frames()
     f = fr["flags"].astype(np.uint32)
     order = fr["order"]
@@ -953,8 +915,6 @@ def sim_kpageflags(machine) -> np.ndarray:
 
 def gather_sim(machine, pid: int, *, span: tuple[int, int] | None = None) -> list[VmaRecord]:
     """The VMAs of a simulated process as :class:`VmaRecord` objects (see gather_live)."""
-    from thpcore.proc.task_mmu import SMAPS_FIELDS, pagemap, smaps_entries
-    from thpcore.mm.vma import VM_EXEC, VM_READ, VM_SHARED, VM_WRITE
     proc = machine.process(pid)
     mm = proc.mm
     table = sim_kpageflags(machine)

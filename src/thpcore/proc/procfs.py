@@ -15,6 +15,8 @@ import numpy as np
 
 from thpcore.mm.page_alloc import MIGRATETYPE_NAMES, NR_PAGE_ORDERS, PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER
 from thpcore.mm.vmstat import parse_vmstat
+from thpcore.proc import task_mmu
+from thpcore.proc.smaps import parse_smaps
 
 if TYPE_CHECKING:
     from thpcore.machine import Machine
@@ -117,44 +119,6 @@ def parse_meminfo(text: str) -> dict[str, int]:
     return out
 
 
-_SMAPS_HDR = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) (\S+) (\d+)\s*(.*)$")
-
-
-def parse_smaps(text: str) -> list[dict]:
-    """Parse /proc/<pid>/smaps text into a list of VMA records.
-
-    Each record: start, end (ints), perms, offset, dev, inode, name, fields ({name: kB int}),
-    VmFlags (list of two-letter flags), THPeligible (int or None), text (the verbatim lines).
-    """
-    vmas, cur = [], None
-    for line in text.splitlines():
-        m = _SMAPS_HDR.match(line)
-        if m:
-            cur = {"start": int(m.group(1), 16), "end": int(m.group(2), 16),
-                   "perms": m.group(3), "offset": int(m.group(4), 16), "dev": m.group(5),
-                   "inode": int(m.group(6)), "name": m.group(7), "fields": {},
-                   "VmFlags": [], "THPeligible": None, "text": [line]}
-            vmas.append(cur)
-            continue
-        if cur is None:
-            continue
-        cur["text"].append(line)
-        key, _, rest = line.partition(":")
-        rest = rest.strip()
-        if key == "VmFlags":
-            cur["VmFlags"] = rest.split()
-        elif key == "THPeligible":
-            cur["THPeligible"] = int(rest)
-        elif rest.endswith(" kB"):
-            cur["fields"][key] = int(rest[:-3])
-        elif rest.lstrip("-").isdigit():
-            cur["fields"][key] = int(rest)
-    for v in vmas:
-        v["text"] = "\n".join(v["text"]) + "\n"
-    return vmas
-
-
-
 class Procfs:
     """m.procfs.read(path) for the /proc files the simulator models."""
 
@@ -181,16 +145,15 @@ class Procfs:
         if m.group(1) == "self":
             raise FileNotFoundError(errno.ENOENT, "the simulator has no current task", path)
         proc = self._m.process(int(m.group(1)))
-        from thpcore.proc.task_mmu import render_smaps, render_smaps_rollup
-        return (render_smaps if m.group(2) == "smaps" else render_smaps_rollup)(self._m, proc.mm)
+        render = task_mmu.render_smaps if m.group(2) == "smaps" else task_mmu.render_smaps_rollup
+        return render(self._m, proc.mm)
 
     def pagemap(self, pid: int, addr: int, length: int) -> np.ndarray:
         """/proc/PID/pagemap entries (uint64) for the pages of [addr, addr + length)."""
-        from thpcore.proc.task_mmu import pagemap
         proc = self._m.process(pid)
         start = addr & ~4095
         end = (addr + length + 4095) & ~4095
-        return pagemap(self._m, proc.mm, start, end)
+        return task_mmu.pagemap(self._m, proc.mm, start, end)
 
     def read(self, path: str) -> str:
         if not isinstance(path, str):

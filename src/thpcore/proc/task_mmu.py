@@ -10,6 +10,9 @@ import thpcore._engine as _engine
 from thpcore.mm.huge_memory import TVA, thp_vma_allowable
 from thpcore.mm.mm_types import MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, PMD_YOUNG, pmd_huge_pfn, pmd_kind, pmd_table_id
 from thpcore.mm.vma import PAGE_SHIFT, PMD_SIZE, VM_LOCKED, VMFLAG_NAMES, VMA
+from thpcore.proc.pagemap import (KPF_ANON, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_THP,
+                                  KPF_ZERO_PAGE, PM_GUARD_REGION, PM_MMAP_EXCLUSIVE, PM_PFN_MASK,
+                                  PM_PRESENT, PM_SWAP, PM_SWAP_OFFSET_SHIFT)
 
 if TYPE_CHECKING:
     from thpcore.machine import Machine
@@ -154,12 +157,6 @@ def render_smaps_rollup(machine: "Machine", mm: MM) -> str:
     return "".join(lines)
 
 
-PM_PRESENT = 1 << 63
-PM_SWAP = 1 << 62
-PM_GUARD_REGION = 1 << 58
-PM_MMAP_EXCLUSIVE = 1 << 56
-
-
 def pagemap(machine: "Machine", mm: MM, start: int, end: int) -> np.ndarray:
     """/proc/PID/pagemap entries for [start, end) as the kernel encodes them (read by root):
     present pages carry their pfn, swap entries type 0 and their offset, the zero page the
@@ -192,15 +189,12 @@ def pagemap(machine: "Machine", mm: MM, start: int, end: int) -> np.ndarray:
             excl[present] = mapcount[pfn[present].astype(np.int64)] == 1
             o[present] = PM_PRESENT | pfn[present]
             o[present & excl] |= np.uint64(PM_MMAP_EXCLUSIVE)
-            o[swap] = PM_SWAP | (pfn[swap] << np.uint64(5))
+            o[swap] = PM_SWAP | (pfn[swap] << np.uint64(PM_SWAP_OFFSET_SHIFT))
             # A guard marker reads as a PTE-marker swap entry (type 31, PTE_MARKER_GUARD)
             # with PM_GUARD_REGION, as on the live kernel.
-            o[seg == _engine.PY_PTE_GUARD] = PM_SWAP | PM_GUARD_REGION | np.uint64((4 << 5) | 31)
+            o[seg == _engine.PY_PTE_GUARD] = PM_SWAP | PM_GUARD_REGION | np.uint64((4 << PM_SWAP_OFFSET_SHIFT) | 31)
             o[zero] = PM_PRESENT | np.uint64(zero_pfn)
     return out
-
-
-KPF_ANON, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_THP, KPF_ZERO_PAGE = 12, 15, 16, 22, 24
 
 
 def kpageflags(machine: "Machine", pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -234,18 +228,17 @@ def kpageflags(machine: "Machine", pfns: np.ndarray) -> tuple[np.ndarray, np.nda
 def region_stats(machine: "Machine", mm: MM) -> list[dict]:
     """Per VMA and per 2 MiB region: present / swapped / none / zero / shared / PTE-mapped THP /
     PMD-mapped page counts, computed like the live pagemap scan (thpcore.live.region_stats)."""
-    from thpcore._engine import REGION_FIELDS, scan_pagemap
     out = []
     for vma in mm.vmas:
         pm = pagemap(machine, mm, vma.start, vma.end)
-        present = (pm >> np.uint64(63)) & np.uint64(1) == 1
+        present = (pm & np.uint64(PM_PRESENT)) != 0
         flags = np.zeros(pm.size, dtype=np.uint64)
         count = np.zeros(pm.size, dtype=np.uint64)
-        pf = (pm[present] & np.uint64((1 << 55) - 1)).astype(np.int64)
+        pf = (pm[present] & np.uint64(PM_PFN_MASK)).astype(np.int64)
         flags[present], count[present] = kpageflags(machine, pf)
-        counts = scan_pagemap(pm, flags, count, vma.start >> PAGE_SHIFT)
+        counts = _engine.scan_pagemap(pm, flags, count, vma.start >> PAGE_SHIFT)
         first = (vma.start >> 21) << 21
         out.append({"start": vma.start, "end": vma.end,
                     "regions": first + (np.arange(counts.shape[0], dtype=np.int64) << 21),
-                    **{name: counts[:, i] for i, name in enumerate(REGION_FIELDS)}})
+                    **{name: counts[:, i] for i, name in enumerate(_engine.REGION_FIELDS)}})
     return out
