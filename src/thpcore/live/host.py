@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 
-THP_ROOT = "/sys/kernel/mm/transparent_hugepage"
+from thpcore.mm.sysfs import THP_ROOT  # noqa: F401  (re-exported: thpcore.live.THP_ROOT)
+
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 KiB = 1024
 MiB = 1024 * KiB

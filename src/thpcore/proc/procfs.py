@@ -19,7 +19,7 @@ from thpcore.proc import task_mmu
 from thpcore.proc.smaps import parse_smaps
 
 if TYPE_CHECKING:
-    from thpcore.machine import Machine
+    from thpcore.mm.kernel import Kernel
 
 ZONE_NAME = "Normal"
 NODE_ID = 0
@@ -92,7 +92,7 @@ def parse_pagetypeinfo(text: str) -> dict:
     return {"pageblock_order": order, "free": free, "blocks": blocks}
 
 
-def render_meminfo(m: "Machine") -> str:
+def render_meminfo(m: "Kernel") -> str:
     """The /proc/meminfo fields the simulator models, in the kernel's order and format
     (show_val_kb: "%-16s%8lu kB"); unmodelled fields are left out rather than shown as 0."""
     pt = m.page_tables
@@ -124,7 +124,7 @@ class Procfs:
 
     SYSCTL_VM = "/proc/sys/vm"
 
-    def __init__(self, machine: "Machine"):
+    def __init__(self, machine: "Kernel"):
         self._m = machine
 
     def _files(self) -> dict:

@@ -8,14 +8,16 @@ import numpy as np
 
 import thpcore._engine as _engine
 from thpcore.mm.huge_memory import TVA, thp_vma_allowable
-from thpcore.mm.mm_types import MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, PMD_YOUNG, pmd_huge_pfn, pmd_kind, pmd_table_id
+from thpcore.mm.mm_types import (MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE,
+                                 PMD_YOUNG, PTE_PFN_SHIFT, pmd_huge_pfn, pmd_kind, pmd_table_id,
+                                 pte_present, pte_swap, pte_zero)
 from thpcore.mm.vma import PAGE_SHIFT, PMD_SIZE, VM_LOCKED, VMFLAG_NAMES, VMA
 from thpcore.proc.pagemap import (KPF_ANON, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_THP,
                                   KPF_ZERO_PAGE, PM_GUARD_REGION, PM_MMAP_EXCLUSIVE, PM_PFN_MASK,
                                   PM_PRESENT, PM_SWAP, PM_SWAP_OFFSET_SHIFT)
 
 if TYPE_CHECKING:
-    from thpcore.machine import Machine
+    from thpcore.mm.kernel import Kernel
 
 PSS_SHIFT = 12
 SMAPS_FIELDS = ["Size", "KernelPageSize", "MMUPageSize", "Rss", "Pss", "Pss_Dirty",
@@ -52,7 +54,7 @@ def _account(acc: dict, mapcount: np.ndarray, dirty: np.ndarray, young: np.ndarr
         acc["pss_locked"] += int(pss.sum())
 
 
-def vma_stats(machine: "Machine", mm: MM, vma: VMA) -> dict:
+def vma_stats(machine: "Kernel", mm: MM, vma: VMA) -> dict:
     acc = dict.fromkeys(SMAPS_FIELDS, 0)
     acc.update(pss=0, pss_dirty=0, pss_locked=0)
     zone = machine.page_alloc.zone
@@ -70,10 +72,10 @@ def vma_stats(machine: "Machine", mm: MM, vma: VMA) -> dict:
             acc["AnonHugePages"] += PMD_SIZE
             continue
         seg = pt.table(pmd_table_id(entry))[(lo - region) >> PAGE_SHIFT:(hi - region) >> PAGE_SHIFT]
-        present = seg[(seg & 1) != 0]
-        _account(acc, mapcount_all[present >> 4].astype(np.int64), (present & 4) != 0,
-                 (present & 2) != 0, locked, zone.lazyfree_mask(present >> 4))
-        nswap = int(((seg & 0xF) == 2).sum())
+        present = seg[pte_present(seg)]
+        _account(acc, mapcount_all[present >> PTE_PFN_SHIFT].astype(np.int64), (present & 4) != 0,
+                 (present & 2) != 0, locked, zone.lazyfree_mask(present >> PTE_PFN_SHIFT))
+        nswap = int(pte_swap(seg).sum())
         acc["Swap"] += nswap * 4096
         acc["SwapPss"] += nswap * 4096
     acc["Size"] = vma.end - vma.start
@@ -99,7 +101,7 @@ def _vmflags(vma: VMA) -> str:
     return " ".join(names) + " "
 
 
-def smaps_entries(machine: "Machine", mm: MM) -> list[dict]:
+def smaps_entries(machine: "Kernel", mm: MM) -> list[dict]:
     out = []
     for vma in mm.vmas:
         st = vma_stats(machine, mm, vma)
@@ -116,7 +118,7 @@ def _perm(vma: VMA) -> str:
     return ("r" if f & 1 else "-") + ("w" if f & 2 else "-") + ("x" if f & 4 else "-") + "p"
 
 
-def render_smaps(machine: "Machine", mm: MM) -> str:
+def render_smaps(machine: "Kernel", mm: MM) -> str:
     lines = []
     for vma in mm.vmas:
         st = vma_stats(machine, mm, vma)
@@ -128,7 +130,7 @@ def render_smaps(machine: "Machine", mm: MM) -> str:
     return "".join(lines)
 
 
-def smaps_rollup(machine: "Machine", mm: MM) -> dict[str, int]:
+def smaps_rollup(machine: "Kernel", mm: MM) -> dict[str, int]:
     acc = dict.fromkeys(SMAPS_FIELDS, 0)
     pss = pss_dirty = pss_locked = 0
     for vma in mm.vmas:
@@ -146,7 +148,7 @@ def smaps_rollup(machine: "Machine", mm: MM) -> dict[str, int]:
     return out
 
 
-def render_smaps_rollup(machine: "Machine", mm: MM) -> str:
+def render_smaps_rollup(machine: "Kernel", mm: MM) -> str:
     if not len(mm.vmas):
         return ""
     lo = min(v.start for v in mm.vmas)
@@ -157,7 +159,7 @@ def render_smaps_rollup(machine: "Machine", mm: MM) -> str:
     return "".join(lines)
 
 
-def pagemap(machine: "Machine", mm: MM, start: int, end: int) -> np.ndarray:
+def pagemap(machine: "Kernel", mm: MM, start: int, end: int) -> np.ndarray:
     """/proc/PID/pagemap entries for [start, end) as the kernel encodes them (read by root):
     present pages carry their pfn, swap entries type 0 and their offset, the zero page the
     zero pfn (one past the last frame), and exclusively mapped pages PM_MMAP_EXCLUSIVE."""
@@ -181,9 +183,9 @@ def pagemap(machine: "Machine", mm: MM, start: int, end: int) -> np.ndarray:
             o[:] = PM_PRESENT | (np.uint64(machine.huge_zero_pfn) + np.arange(i0, i1, dtype=np.uint64))
         elif kind == PMD_KIND_TABLE:
             seg = pt.table(pmd_table_id(entry))[i0:i1].astype(np.uint64)
-            present = (seg & 1) != 0
-            swap = (seg & 0xF) == 2
-            zero = (seg & 0xF) == 4
+            present = pte_present(seg)
+            swap = pte_swap(seg)
+            zero = pte_zero(seg)
             pfn = seg >> np.uint64(4)
             excl = np.zeros_like(present)
             excl[present] = mapcount[pfn[present].astype(np.int64)] == 1
@@ -197,7 +199,7 @@ def pagemap(machine: "Machine", mm: MM, start: int, end: int) -> np.ndarray:
     return out
 
 
-def kpageflags(machine: "Machine", pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def kpageflags(machine: "Kernel", pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """/proc/kpageflags and /proc/kpagecount values the simulator's frames would show."""
     zone = machine.page_alloc.zone
     f = zone.frames()
@@ -225,7 +227,7 @@ def kpageflags(machine: "Machine", pfns: np.ndarray) -> tuple[np.ndarray, np.nda
     return flags, count
 
 
-def region_stats(machine: "Machine", mm: MM) -> list[dict]:
+def region_stats(machine: "Kernel", mm: MM) -> list[dict]:
     """Per VMA and per 2 MiB region: present / swapped / none / zero / shared / PTE-mapped THP /
     PMD-mapped page counts, computed like the live pagemap scan (thpcore.live.region_stats)."""
     out = []
