@@ -3,7 +3,7 @@ MREMAP_FIXED, MREMAP_DONTUNMAP), with the page-table moves that decide what happ
 a huge PMD moves whole when source and destination are both PMD-aligned over the whole
 2 MiB (move_huge_pmd), a PTE table moves whole the same way (move_normal_pmd), anything else
 splits the huge PMD and moves PTE by PTE (move_ptes). Checked against the live 6.18 kernel
-(tests/test_mremap.py, fidelity scenarios)."""
+(tests/mm/test_mremap.py, fidelity scenarios)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ Documentation/admin-guide/mm/pagemap.rst) and the /proc/kpageflags bit numbers
 (include/uapi/linux/kernel-page-flags.h).  Defined here once for the simulator's pagemap
 (task_mmu), the live readers (thpcore.live), snapshots and the CLIs; the engine's
 scan_pagemap (_engine.pyx) keeps its own nogil copies of the few bits it tests, which
-tests/test_procfs.py checks against these.  A leaf of the proc floor: imports nothing."""
+tests/proc/test_procfs.py checks against these.  A leaf of the proc floor: imports nothing."""
 
 # /proc/PID/pagemap: one 64-bit entry per virtual page
 PM_PFN_BITS = 55

@@ -1,5 +1,5 @@
 """Multi-size THP at anonymous faults in the simulator: order choice, fallbacks, charge,
-partial unmaps, the deferred split, fork/COW, swap. (tests/test_live_mthp.py compares the
+partial unmaps, the deferred split, fork/COW, swap. (tests/live/test_live_mthp.py compares the
 layouts and counters with the live kernel.)"""
 
 import errno

@@ -6,7 +6,7 @@ from thpcore.cli.main import main
 from thpcore.lab.sweep import Sweep, apply_parameter, run_sweep
 from thpcore.lab.scenario import parse_scenario
 
-from test_cli import SMALL
+from cases import SMALL
 
 SWEEP = """
 scenario = "small.toml"
@@ -111,7 +111,7 @@ def test_example_sweep_runs(tmp_path):
     from pathlib import Path
 
     from thpcore.lab.sweep import Sweep, run_sweep
-    path = Path(__file__).parent.parent / "examples" / "realloc-sweep.toml"
+    path = Path(__file__).parents[2] / "examples" / "realloc-sweep.toml"
     sw = Sweep(path.read_text(), path.parent)
     assert len(list(sw.jobs())) == 9
     run_sweep(sw, tmp_path, workers=1)

@@ -69,7 +69,7 @@ def test_example_realloc_scenario_shows_the_alignment_effect():
     from pathlib import Path
 
     from thpcore.lab.scenario import parse_scenario, run_variant
-    text = (Path(__file__).parent.parent / "examples" / "realloc-alignment.toml").read_text()
+    text = (Path(__file__).parents[2] / "examples" / "realloc-alignment.toml").read_text()
     res = run_variant(parse_scenario(text), "khugepaged")
     last = {row["process"]: row for row in res.timeline if row["time_s"] == 30.0}
     assert last["aligned"]["thp_pct"] == 100.0

@@ -4,7 +4,7 @@ from thpcore.cli.main import main
 from thpcore.lab.scenario import parse_scenario, run_variant
 from thpcore.lab.trace import parse_trace, replay
 
-from test_cli import SMALL
+from cases import SMALL
 
 REDIS = SMALL.replace('workload = "zipf"', 'workload = "redis"\nparams = { snapshot_every = 40, '
                       'snapshot_seconds = 20 }')

@@ -10,41 +10,8 @@ from thpcore.cli.main import main
 from thpcore.lab.scenario import (SUMMARY_COLUMNS, load_scenario, parse_scenario, run_scenario,
                               run_variant)
 from thpcore.lab.workloads import KINDS, fragment, make
+from cases import SMALL
 
-SMALL = """
-[scenario]
-name = "small"
-[machine]
-memory = "1G"
-seed = 3
-[fragment]
-fraction = 0.0005
-[[process]]
-name = "svc"
-count = 3
-workload = "churn"
-size = "64M"
-populate = 0.5
-hugepage = "after"
-params = { collapse_every = 0 }
-[[process]]
-name = "db"
-priority = 10
-workload = "zipf"
-size = "64M"
-populate = 0.75
-hugepage = "after"
-[run]
-duration = 120
-interval = 20
-variants = ["khugepaged", "tuned", "uhugepaged"]
-[variant.tuned]
-khugepaged = { pages_to_scan = 32768, scan_sleep_millisecs = 1000 }
-[variant.uhugepaged]
-policy = "priority"
-budget = 2
-hugepage = false
-"""
 
 
 def test_default_scenario_is_the_issue_question():

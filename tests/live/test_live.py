@@ -19,7 +19,7 @@ from thpcore.mm.vmstat import VMSTAT_NAMES
 
 import numpy as np
 
-from test_sysfs import WRITE_CASES
+from cases import WRITE_CASES
 
 pytestmark = pytest.mark.live
 
