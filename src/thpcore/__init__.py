@@ -4,9 +4,9 @@ from thpcore import constants
 from thpcore.constants import *  # noqa: F401,F403  (MADV_*, PROT_*, MAP_*, PR_*: Linux's values)
 from thpcore.errors import InvariantError, OOMKilled, OutOfMemory, SegmentationFault, Unsupported
 from thpcore.machine import Machine
+from thpcore.mm.vmstat import parse_vmstat
 from thpcore.proc.procfs import parse_buddyinfo, parse_pagetypeinfo
 from thpcore.units import parse_size
-from thpcore.mm.vmstat import parse_vmstat
 
 __version__ = "0.1.0"
 

@@ -8,8 +8,8 @@ import numpy as np
 
 from thpcore.mm import invariants
 from thpcore.mm.kernel import Kernel
-from thpcore.process import CAPABILITIES, Process
 from thpcore.proc.procfs import Procfs
+from thpcore.process import CAPABILITIES, Process
 from thpcore.snapshot import rebuild
 from thpcore.units import format_size
 

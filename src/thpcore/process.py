@@ -10,7 +10,7 @@ import numpy as np
 
 import thpcore._engine as _engine
 from thpcore.constants import (MAP_ANONYMOUS, MAP_POPULATE, MAP_PRIVATE, PR_GET_THP_DISABLE,
-                        PR_SET_THP_DISABLE, PR_THP_DISABLE_EXCEPT_ADVISED, PROT_READ, PROT_WRITE)
+                               PR_SET_THP_DISABLE, PR_THP_DISABLE_EXCEPT_ADVISED, PROT_READ, PROT_WRITE)
 from thpcore.errors import SegmentationFault, int_arg
 from thpcore.mm.fork import dup_mm
 from thpcore.mm.madvise import _set_vma_flags, do_madvise, process_madvise

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from thpcore.constants import (MADV_COLLAPSE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_PAGEOUT,
-                               MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_READ, PROT_WRITE)
+from thpcore.constants import (MADV_COLLAPSE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_PAGEOUT, MAP_ANONYMOUS,
+                               MAP_FIXED, MAP_PRIVATE, PROT_READ, PROT_WRITE)
 from thpcore.proc import pagemap as _pm
 
 # the pagemap / kpageflags layout (thpcore.proc.pagemap) as numpy scalars for uint64 arrays

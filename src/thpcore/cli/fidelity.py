@@ -14,12 +14,11 @@ import time
 
 import thpcore
 from thpcore import live
-from thpcore.constants import (MADV_DONTNEED_LOCKED, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE,
-                               MADV_POPULATE_READ, MADV_POPULATE_WRITE,
-                               MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE,
-                               MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE,
-                               MADV_NOHUGEPAGE, MADV_PAGEOUT, MAP_ANONYMOUS, MAP_FIXED,
-                               MAP_PRIVATE, PROT_READ, PROT_WRITE)
+from thpcore.constants import (MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_DONTNEED_LOCKED, MADV_FREE,
+                               MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, MADV_HUGEPAGE, MADV_NOHUGEPAGE,
+                               MADV_PAGEOUT, MADV_POPULATE_READ, MADV_POPULATE_WRITE, MAP_ANONYMOUS,
+                               MAP_FIXED, MAP_PRIVATE, MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE,
+                               PROT_READ, PROT_WRITE)
 from thpcore.errors import SegmentationFault
 from thpcore.proc.pagemap import PM_GUARD_REGION, PM_PFN_BITS
 from thpcore.proc.task_mmu import pagemap

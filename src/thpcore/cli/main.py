@@ -9,7 +9,9 @@ from pathlib import Path
 
 from thpcore import __version__
 from thpcore.cli import calibrate, fidelity, thpmaps
-from thpcore.lab import bench as lab_bench, sweep as lab_sweep, trace as lab_trace
+from thpcore.lab import bench as lab_bench
+from thpcore.lab import sweep as lab_sweep
+from thpcore.lab import trace as lab_trace
 from thpcore.lab.report import format_table, new_results_dir, write_results
 from thpcore.lab.scenario import Progress, load_scenario, run_scenario
 from thpcore.live.snapshot import save

@@ -66,9 +66,9 @@ import numpy as np
 from thpcore import _engine
 from thpcore.constants import HPAGE_PMD_SIZE, PAGE_SIZE
 from thpcore.mm.vma import VM_EXEC, VM_READ, VM_SHARED, VM_WRITE
-from thpcore.proc.pagemap import (KPF_ANON, KPF_BUDDY, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL,
-                                  KPF_LRU, KPF_MMAP, KPF_PGTABLE, KPF_SWAPBACKED, KPF_THP,
-                                  KPF_ZERO_PAGE, PM_PFN_MASK, PM_PRESENT)
+from thpcore.proc.pagemap import (KPF_ANON, KPF_BUDDY, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_LRU,
+                                  KPF_MMAP, KPF_PGTABLE, KPF_SWAPBACKED, KPF_THP, KPF_ZERO_PAGE, PM_PFN_MASK,
+                                  PM_PRESENT)
 from thpcore.proc.smaps import parse_smaps as _parse_smaps
 from thpcore.proc.task_mmu import SMAPS_FIELDS, pagemap, smaps_entries
 

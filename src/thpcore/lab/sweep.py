@@ -31,7 +31,8 @@ import os
 import sys
 import time
 import tomllib
-from concurrent.futures import ProcessPoolExecutor, as_completed as done_first
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import as_completed as done_first
 from pathlib import Path
 from typing import Any, Iterator
 

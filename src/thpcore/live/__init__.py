@@ -50,33 +50,30 @@ from __future__ import annotations
 # region, snapshot); this module re-exports the public names, so ``thpcore.live.X`` is as before.
 from thpcore.constants import (MADV_COLD, MADV_COLLAPSE, MADV_DODUMP, MADV_DOFORK, MADV_DONTDUMP,
                                MADV_DONTFORK, MADV_DONTNEED, MADV_DONTNEED_LOCKED, MADV_FREE,
-                               MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, MADV_HUGEPAGE,
-                               MADV_KEEPONFORK, MADV_MERGEABLE, MADV_NOHUGEPAGE, MADV_NORMAL,
-                               MADV_PAGEOUT, MADV_POPULATE_READ, MADV_POPULATE_WRITE, MADV_RANDOM,
-                               MADV_REMOVE, MADV_SEQUENTIAL, MADV_UNMERGEABLE, MADV_WILLNEED,
-                               MADV_WIPEONFORK, MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE,
-                               MAP_NORESERVE, MAP_POPULATE, MAP_PRIVATE, MAP_SHARED, PROT_EXEC,
-                               PROT_NONE, PROT_READ, PROT_WRITE, PR_GET_THP_DISABLE,
-                               PR_SET_THP_DISABLE, PR_THP_DISABLE_EXCEPT_ADVISED)
-from thpcore.proc.pagemap import (KPF_NAMES, PM_FILE, PM_GUARD_REGION, PM_MMAP_EXCLUSIVE,
-                                  PM_PFN_MASK, PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP, PM_UFFD_WP)
-from thpcore.proc.smaps import parse_smaps
-from thpcore.live.host import (GiB, HPAGE_PMD_NR, HPAGE_PMD_SIZE, KiB, MiB, PAGE_SIZE, THP_ROOT)
-from thpcore.live.syscalls import (MADV_HWPOISON, MADV_NAMES, MADV_SOFT_OFFLINE, MAP_FAILED,
-                                   SYS_mremap, SYS_pidfd_open, SYS_process_madvise, madvise,
-                                   pidfd_open, prctl, process_madvise, raw_madvise, raw_mlock,
-                                   raw_mmap, raw_mprotect, raw_mremap, raw_munmap)
-from thpcore.live.readers import (maps, meminfo, mthp_stats, smaps_rollup, sysfs_read, sysfs_write,
-                                  vmstat, vmstat_delta)
-from thpcore.live.pagemap import (decode_pagemap, kpageflags, kpf_names)
-from thpcore.live.knobs import (LOCK_PATH, knob_lock, read_knob, thp_settings, thp_snapshot,
-                                write_knob)
-from thpcore.live.features import (Unsupported, features)
-from thpcore.live.swap import (SWAP_FLAG_PREFER, SWAP_FLAG_PRIO_MASK, swap_file)
-from thpcore.live.fork import (Channel, ChildDied, ChildError, ForkedChild, fork_and_run,
-                               run_fresh)
+                               MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, MADV_HUGEPAGE, MADV_KEEPONFORK,
+                               MADV_MERGEABLE, MADV_NOHUGEPAGE, MADV_NORMAL, MADV_PAGEOUT, MADV_POPULATE_READ,
+                               MADV_POPULATE_WRITE, MADV_RANDOM, MADV_REMOVE, MADV_SEQUENTIAL,
+                               MADV_UNMERGEABLE, MADV_WILLNEED, MADV_WIPEONFORK, MAP_ANONYMOUS, MAP_FIXED,
+                               MAP_FIXED_NOREPLACE, MAP_NORESERVE, MAP_POPULATE, MAP_PRIVATE, MAP_SHARED,
+                               PR_GET_THP_DISABLE, PR_SET_THP_DISABLE, PR_THP_DISABLE_EXCEPT_ADVISED,
+                               PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE)
+from thpcore.live.features import Unsupported, features
+from thpcore.live.fork import Channel, ChildDied, ChildError, ForkedChild, fork_and_run, run_fresh
+from thpcore.live.host import HPAGE_PMD_NR, HPAGE_PMD_SIZE, PAGE_SIZE, THP_ROOT, GiB, KiB, MiB
+from thpcore.live.knobs import LOCK_PATH, knob_lock, read_knob, thp_settings, thp_snapshot, write_knob
+from thpcore.live.pagemap import decode_pagemap, kpageflags, kpf_names
+from thpcore.live.readers import (maps, meminfo, mthp_stats, smaps_rollup, sysfs_read, sysfs_write, vmstat,
+                                  vmstat_delta)
 from thpcore.live.region import Region
 from thpcore.live.snapshot import region_stats
+from thpcore.live.swap import SWAP_FLAG_PREFER, SWAP_FLAG_PRIO_MASK, swap_file
+from thpcore.live.syscalls import (MADV_HWPOISON, MADV_NAMES, MADV_SOFT_OFFLINE, MAP_FAILED, SYS_mremap,
+                                   SYS_pidfd_open, SYS_process_madvise, madvise, pidfd_open, prctl,
+                                   process_madvise, raw_madvise, raw_mlock, raw_mmap, raw_mprotect,
+                                   raw_mremap, raw_munmap)
+from thpcore.proc.pagemap import (KPF_NAMES, PM_FILE, PM_GUARD_REGION, PM_MMAP_EXCLUSIVE, PM_PFN_MASK,
+                                  PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP, PM_UFFD_WP)
+from thpcore.proc.smaps import parse_smaps
 
 # The exceptions keep the name they are raised and pickled under: thpcore.live.X, not the module
 # that defines them (tracebacks, pytest skip reasons and pickles read as before the split).

@@ -9,9 +9,9 @@ import struct
 
 import numpy as np
 
-from thpcore.proc.pagemap import (KPF_NAMES, PM_FILE, PM_GUARD_REGION, PM_MMAP_EXCLUSIVE,
-                                  PM_PFN_MASK, PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP,
-                                  PM_SWAP_OFFSET_SHIFT, PM_SWAP_TYPE_MASK, PM_UFFD_WP)
+from thpcore.proc.pagemap import (KPF_NAMES, PM_FILE, PM_GUARD_REGION, PM_MMAP_EXCLUSIVE, PM_PFN_MASK,
+                                  PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP, PM_SWAP_OFFSET_SHIFT, PM_SWAP_TYPE_MASK,
+                                  PM_UFFD_WP)
 
 
 def decode_pagemap(entry: int) -> dict:

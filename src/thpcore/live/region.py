@@ -9,8 +9,8 @@ import errno as _errno
 import os
 import struct
 
-from thpcore.constants import (MADV_NORMAL, MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE,
-                               MAP_PRIVATE, PROT_NONE, PROT_READ, PROT_WRITE)
+from thpcore.constants import (MADV_NORMAL, MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_PRIVATE,
+                               PROT_NONE, PROT_READ, PROT_WRITE)
 from thpcore.live.host import HPAGE_PMD_SIZE, PAGE_SIZE, KiB, _read
 from thpcore.live.readers import smaps_rollup
 from thpcore.live.syscalls import raw_madvise, raw_mmap, raw_mprotect, raw_munmap

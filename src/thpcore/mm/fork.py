@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from thpcore.errors import OutOfMemory
-from thpcore.mm.mm_types import (pte_present, pte_swap, MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_WRITE, PMD_YOUNG, make_huge_pmd,
-                                 make_huge_zero_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind, pmd_table_id)
+from thpcore.mm.mm_types import (MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_WRITE, PMD_YOUNG, make_huge_pmd,
+                                 make_huge_zero_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind, pmd_table_id,
+                                 pte_present, pte_swap)
 from thpcore.mm.vma import VM_DONTCOPY, VM_LOCKED, VM_WIPEONFORK, VMA
 
 if TYPE_CHECKING:

@@ -11,8 +11,9 @@ import numpy as np
 
 import thpcore._engine as _engine
 from thpcore.constants import HPAGE_PMD_NR, PR_THP_DISABLE_EXCEPT_ADVISED
-from thpcore.mm.mm_types import (PTE_PFN_SHIFT, pte_present, MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, PMD_WRITE, PMD_YOUNG,
-                 make_huge_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind, pmd_table_id)
+from thpcore.mm.mm_types import (MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, PMD_WRITE,
+                                 PMD_YOUNG, PTE_PFN_SHIFT, make_huge_pmd, make_table_pmd, pmd_huge_pfn,
+                                 pmd_kind, pmd_table_id, pte_present)
 from thpcore.mm.vma import PMD_SIZE, VM_HUGEPAGE, VM_LOCKED, VM_NOHUGEPAGE, VM_WRITE, VMA
 
 if TYPE_CHECKING:

@@ -11,7 +11,8 @@ import numpy as np
 
 import thpcore._engine as _engine
 from thpcore.errors import InvariantError
-from thpcore.mm.mm_types import pte_present, pte_swap, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, pmd_huge_pfn, pmd_kind, pmd_table_id
+from thpcore.mm.mm_types import (PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, pmd_huge_pfn, pmd_kind, pmd_table_id,
+                                 pte_present, pte_swap)
 
 if TYPE_CHECKING:
     from thpcore.mm.kernel import Kernel

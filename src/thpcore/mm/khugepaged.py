@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import thpcore._engine as _engine
-from thpcore.mm.huge_memory import (HPAGE_PMD_NR, TVA, Gfp, folio_partially_mapped, map_new_thp, thp_vma_allowable,
-                          vma_thp_gfp_mask)
+from thpcore.mm.huge_memory import (HPAGE_PMD_NR, TVA, Gfp, folio_partially_mapped, map_new_thp,
+                                    thp_vma_allowable, vma_thp_gfp_mask)
 from thpcore.mm.memory import charge_thp
+from thpcore.mm.mm_types import (MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, pmd_kind,
+                                 pmd_table_id, pte_swap)
 from thpcore.mm.thp_alloc import alloc_thp
-from thpcore.mm.mm_types import pte_swap, MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, pmd_kind, pmd_table_id
 from thpcore.mm.vma import PMD_SIZE, VM_WRITE, VMA
 
 if TYPE_CHECKING:

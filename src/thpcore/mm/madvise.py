@@ -6,14 +6,14 @@ import errno
 from typing import TYPE_CHECKING
 
 import thpcore.constants as C
+from thpcore.errors import SegmentationFault, Unsupported, int_arg
 from thpcore.mm.huge_memory import Gfp, split_huge_pmds_at, vma_thp_gfp_mask
 from thpcore.mm.khugepaged import CollapseControl, default_collapse_control, madvise_collapse
 from thpcore.mm.memory import _pte_table, anon_vma_prepare, khugepaged_enter_vma, populate, zap_page_range
-from thpcore.mm.swap import madvise_cold_or_pageout, madvise_free
 from thpcore.mm.mm_types import MM, PMD_KIND_TABLE, pmd_kind, pmd_table_id
-from thpcore.mm.vma import (PAGE_SHIFT, PAGE_SIZE, VM_DONTCOPY, VM_DONTDUMP, VM_HUGEPAGE, VM_LOCKED, VM_NOHUGEPAGE,
-                  VM_WIPEONFORK, VMA)
-from thpcore.errors import SegmentationFault, Unsupported, int_arg
+from thpcore.mm.swap import madvise_cold_or_pageout, madvise_free
+from thpcore.mm.vma import (PAGE_SHIFT, PAGE_SIZE, VM_DONTCOPY, VM_DONTDUMP, VM_HUGEPAGE, VM_LOCKED,
+                            VM_NOHUGEPAGE, VM_WIPEONFORK, VMA)
 
 if TYPE_CHECKING:
     from thpcore.mm.kernel import Kernel

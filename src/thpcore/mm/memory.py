@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import errno
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 import thpcore._engine as _engine
-from thpcore.mm.huge_memory import (HPAGE_PMD_NR, TVA, folio_partially_mapped, get_huge_zero_folio, map_new_thp,
-                          region_in_vma, split_huge_pmd, thp_vma_allowable,
-                          thp_vma_allowable_mthp_orders, vma_thp_gfp_mask, zap_huge_pmd)
+from thpcore.errors import OOMKilled, OutOfMemory, SegmentationFault
+from thpcore.mm.huge_memory import (HPAGE_PMD_NR, TVA, folio_partially_mapped, get_huge_zero_folio,
+                                    map_new_thp, region_in_vma, split_huge_pmd, thp_vma_allowable,
+                                    thp_vma_allowable_mthp_orders, vma_thp_gfp_mask, zap_huge_pmd)
 from thpcore.mm.memcontrol import MAX_RECLAIM_RETRIES
+from thpcore.mm.mm_types import (MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, PMD_WRITE,
+                                 PMD_YOUNG, make_huge_zero_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind,
+                                 pmd_table_id)
 from thpcore.mm.oom_kill import oom_kill
 from thpcore.mm.thp_alloc import alloc_thp
-from thpcore.mm.vmscan import try_to_free_mem_cgroup_pages, try_to_free_pages
-from thpcore.mm.mm_types import (MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, PMD_WRITE,
-                 PMD_YOUNG, make_huge_zero_pmd, make_table_pmd, pmd_huge_pfn, pmd_kind,
-                 pmd_table_id)
 from thpcore.mm.vma import PAGE_SHIFT, PMD_SHIFT, PMD_SIZE, PUD_SHIFT, VM_WRITE, VMA
-from thpcore.errors import OOMKilled, OutOfMemory, SegmentationFault
+from thpcore.mm.vmscan import try_to_free_mem_cgroup_pages, try_to_free_pages
 
 if TYPE_CHECKING:
     from thpcore.mm.kernel import Kernel

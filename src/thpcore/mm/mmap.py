@@ -5,14 +5,14 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-from thpcore.constants import (MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_NORESERVE,
-                        MAP_POPULATE, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE)
+from thpcore.constants import (MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_NORESERVE, MAP_POPULATE,
+                               MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE)
 from thpcore.mm.huge_memory import split_huge_pmds_at
 from thpcore.mm.memory import free_pgtables, zap_page_range
-from thpcore.mm.mm_types import pte_present, MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_WRITE, pmd_kind, pmd_table_id
-from thpcore.mm.vma import (MMAP_BASE, MMAP_MIN_ADDR, PAGE_SIZE, PMD_SIZE, TASK_SIZE, VM_ACCOUNT,
-                  VM_MAYEXEC, VM_MAYREAD, VM_MAYWRITE, VM_NORESERVE, VM_WRITE, VMA,
-                  prot_to_vm_flags)
+from thpcore.mm.mm_types import (MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_WRITE, pmd_kind, pmd_table_id,
+                                 pte_present)
+from thpcore.mm.vma import (MMAP_BASE, MMAP_MIN_ADDR, PAGE_SIZE, PMD_SIZE, TASK_SIZE, VM_ACCOUNT, VM_MAYEXEC,
+                            VM_MAYREAD, VM_MAYWRITE, VM_NORESERVE, VM_WRITE, VMA, prot_to_vm_flags)
 
 if TYPE_CHECKING:
     from thpcore.mm.kernel import Kernel

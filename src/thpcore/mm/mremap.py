@@ -15,8 +15,8 @@ import numpy as np
 from thpcore.constants import MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE
 from thpcore.mm.huge_memory import split_huge_pmd, split_huge_pmds_at
 from thpcore.mm.memory import _pte_table, populate
-from thpcore.mm.mm_types import (PTE_PFN_SHIFT, pte_present, MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, pmd_huge_pfn, pmd_kind,
-                 pmd_table_id)
+from thpcore.mm.mm_types import (MM, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, PTE_PFN_SHIFT,
+                                 pmd_huge_pfn, pmd_kind, pmd_table_id, pte_present)
 from thpcore.mm.mmap import do_munmap, get_unmapped_area, page_align
 from thpcore.mm.vma import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, TASK_SIZE, VM_LOCKED, VM_WRITE, VMA
 

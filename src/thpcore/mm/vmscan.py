@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-
 from thpcore.mm.huge_memory import HPAGE_PMD_NR, deferred_split_scan, split_folio
-from thpcore.mm.swap import _is_lazyfree_thp, reclaim_lazyfree_thp
 from thpcore.mm.mm_types import PMD_KIND_HUGE, PMD_KIND_TABLE, PMD_YOUNG, pmd_huge_pfn, pmd_kind, pmd_table_id
+from thpcore.mm.swap import _is_lazyfree_thp, reclaim_lazyfree_thp
 
 if TYPE_CHECKING:
     from thpcore.mm.kernel import Kernel

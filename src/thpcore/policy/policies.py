@@ -7,6 +7,7 @@ import importlib.util
 
 from thpcore.policy.observation import Action, Observation
 
+
 class Policy:
     """observe -> decide -> act. decide() returns actions, most valuable first."""
     name = "policy"

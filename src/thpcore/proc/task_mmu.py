@@ -8,13 +8,13 @@ import numpy as np
 
 import thpcore._engine as _engine
 from thpcore.mm.huge_memory import TVA, thp_vma_allowable
-from thpcore.mm.mm_types import (MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE,
-                                 PMD_YOUNG, PTE_PFN_SHIFT, pmd_huge_pfn, pmd_kind, pmd_table_id,
-                                 pte_present, pte_swap, pte_zero)
-from thpcore.mm.vma import PAGE_SHIFT, PMD_SIZE, VM_LOCKED, VMFLAG_NAMES, VMA
-from thpcore.proc.pagemap import (KPF_ANON, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_THP,
-                                  KPF_ZERO_PAGE, PM_GUARD_REGION, PM_MMAP_EXCLUSIVE, PM_PFN_MASK,
-                                  PM_PRESENT, PM_SWAP, PM_SWAP_OFFSET_SHIFT)
+from thpcore.mm.mm_types import (MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, PMD_YOUNG,
+                                 PTE_PFN_SHIFT, pmd_huge_pfn, pmd_kind, pmd_table_id, pte_present, pte_swap,
+                                 pte_zero)
+from thpcore.mm.vma import PAGE_SHIFT, PMD_SIZE, VM_LOCKED, VMA, VMFLAG_NAMES
+from thpcore.proc.pagemap import (KPF_ANON, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_THP, KPF_ZERO_PAGE,
+                                  PM_GUARD_REGION, PM_MMAP_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT, PM_SWAP,
+                                  PM_SWAP_OFFSET_SHIFT)
 
 if TYPE_CHECKING:
     from thpcore.mm.kernel import Kernel
