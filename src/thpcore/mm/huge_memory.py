@@ -14,18 +14,10 @@ from thpcore.constants import HPAGE_PMD_NR, PR_THP_DISABLE_EXCEPT_ADVISED
 from thpcore.mm.mm_types import (MM, PMD_DIRTY, PMD_KIND_HUGE, PMD_KIND_HUGE_ZERO, PMD_KIND_TABLE, PMD_WRITE,
                                  PMD_YOUNG, PTE_PFN_SHIFT, make_huge_pmd, make_table_pmd, pmd_huge_pfn,
                                  pmd_kind, pmd_table_id, pte_present)
-from thpcore.mm.vma import PMD_SIZE, VM_HUGEPAGE, VM_LOCKED, VM_NOHUGEPAGE, VM_WRITE, VMA
+from thpcore.mm.vma import PAGE_SIZE, PMD_SIZE, VM_HUGEPAGE, VM_LOCKED, VM_NOHUGEPAGE, VM_WRITE, VMA
 
 if TYPE_CHECKING:
     from thpcore.mm.kernel import Kernel
-
-
-
-class _NoVMA:
-    flags = 0
-
-
-_NO_VMA = _NoVMA()
 
 
 class TVA(enum.Enum):
@@ -291,6 +283,11 @@ def split_folio(kernel: "Kernel", head: int, region: int | None = None) -> int:
     return int(freed)
 
 
+def _vma_locked(mm: MM, addr: int) -> bool:
+    vma = mm.vmas.find(addr)
+    return vma is not None and bool(vma.flags & VM_LOCKED)
+
+
 def _remap_zero_subpages(kernel: "Kernel", mm, region: int, head: int, nr: int) -> None:
     """remap_page(RMP_USE_SHARED_ZEROPAGE) in one mm's PTE table at region: subpages of
     the folio [head, head + nr) whose content is all zero map the zero page instead (not
@@ -305,8 +302,7 @@ def _remap_zero_subpages(kernel: "Kernel", mm, region: int, head: int, nr: int) 
         return
     idx = np.nonzero(mine)[0]
     zero = idx[kernel.page_alloc.zone.frames()["content"][pfn[idx]] == 0]
-    zero = [i for i in zero if not (mm.vmas.find(region + int(i) * 4096) or
-                                     _NO_VMA).flags & VM_LOCKED]
+    zero = [i for i in zero if not _vma_locked(mm, region + int(i) * PAGE_SIZE)]
     for i in zero:
         table[i] = _engine.PY_PTE_KIND_ZERO
         kernel.page_tables.put_frame(int(pfn[i]))
